@@ -1,0 +1,27 @@
+# One-command setup: `make test` and `make demo` create .venv when missing and (re)install the pinned
+# requirements only when requirements.txt, constraints.txt or setup.py change (the stamp holds their hash).
+PY    := .venv/bin/python
+HASH  := $(shell cat requirements.txt constraints.txt setup.py | sha256sum | cut -c1-16)
+STAMP := .venv/.installed-$(HASH)
+
+.PHONY: venv test demo bench clean
+venv: $(STAMP)
+
+$(STAMP):
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q torch==2.13.0          # first: nothing may pull a CUDA build of torch
+	$(PY) -m pip install -q -c constraints.txt -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	rm -f .venv/.installed-* && touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest tests -q --benchmark-disable
+
+demo: venv
+	$(PY) python/demo.py
+
+bench: venv
+	$(PY) bench/engine_overhead.py
+
+clean:
+	rm -rf .venv build *.egg-info out

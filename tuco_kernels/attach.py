@@ -1,0 +1,110 @@
+"""``attach``: run any ordinary HF call on the fine-tuned model with the decomposition and α-scaling.
+
+    with tuco_kernels.attach(ft_model, pt_model, alpha=1.25) as probe:
+        out = ft_model.generate(**inputs)           # generation under α
+    probe.tuco, probe.history                      # TuCo of the last call, and of every call
+
+Inside the block each fine-tuned decoder block's ``forward`` is wrapped (on the instance) so that it
+also runs the pre-trained block on the same input and returns out_pt + α·(out_ft − out_pt), folding
+the PTC/FTC of each call's last position into fp32 accumulators. During cached generation the
+pre-trained blocks keep their own KV cache, built on the same (steered) stream. Leaving the block
+deletes the wrappers, which restores the model exactly. With left padding (HF's generation default
+for decoder-only models) each call's last position is each row's last real token.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from . import ops
+from .capture import bind_block_call
+from .engine import layer_alphas
+from .errors import TucoError
+from .metrics import contribution_ratio
+from .pair import check_compatible
+
+_CACHE_ARG_NAMES = ("past_key_values", "past_key_value", "layer_past")
+
+
+class Probe:
+    """What the attached model measured. Per call of the model: TuCo [B] and per-layer norms [B, L]."""
+
+    def __init__(self, pt_model, n_layers: int, alphas: list[float], backend: str | None):
+        self.alpha = alphas
+        self.n_layers = n_layers
+        self.history: list[torch.Tensor] = []  # TuCo [B] of every forward call, in order
+        self.tuco: torch.Tensor | None = None
+        self.ptc_l1: torch.Tensor | None = None
+        self.ftc_l1: torch.Tensor | None = None
+        self.beta: torch.Tensor | None = None
+        self._pt_model = pt_model
+        self._backend = backend
+        self._ft_cache = None
+        self._pt_cache = None
+
+    def _pt_cache_for(self, ft_cache):
+        """The pre-trained blocks' own cache paired with the fine-tuned model's current one."""
+        if ft_cache is None:
+            return None
+        if ft_cache is not self._ft_cache:
+            from transformers import DynamicCache
+
+            if type(ft_cache) is not DynamicCache:
+                raise TucoError(f"attach supports generation with DynamicCache only (got {type(ft_cache).__name__})")
+            self._ft_cache = ft_cache
+            self._pt_cache = DynamicCache(config=self._pt_model.config)
+        return self._pt_cache
+
+    def _start_call(self, x):
+        B, _, d = x.shape
+        self._acc_ptc = torch.zeros((B, d), dtype=torch.float32, device=x.device)
+        self._acc_ftc = torch.zeros_like(self._acc_ptc)
+        self._norms = torch.zeros((B, self.n_layers, 4), dtype=torch.float32, device=x.device)
+
+    def _finish_call(self):
+        n = self._norms
+        self.ptc_l1, self.ftc_l1 = n[..., 0], n[..., 1]
+        self.beta = contribution_ratio(n[..., 3], n[..., 2])
+        self.tuco = contribution_ratio(self._acc_ftc.double().abs().sum(-1), self._acc_ptc.double().abs().sum(-1))
+        self.history.append(self.tuco)
+
+
+def _wrap_block(probe: Probe, l: int, ft_block, pt_block):
+    def forward(*args, **kwargs):
+        _, x, named = bind_block_call(ft_block, args, kwargs)
+        if l == 0:
+            probe._start_call(x)
+        out_ft = type(ft_block).forward(ft_block, x, **named)
+        pt_named = dict(named)
+        for name in _CACHE_ARG_NAMES:
+            if name in pt_named:
+                pt_named[name] = probe._pt_cache_for(pt_named[name])
+        out_pt = pt_block(x, **pt_named)
+        last = torch.full((x.shape[0],), x.shape[1] - 1, dtype=torch.long, device=x.device)
+        norms = torch.empty((x.shape[0], 4), dtype=torch.float32, device=x.device)
+        x_next = ops.fused_update(x, out_pt, out_ft, probe.alpha[l], last, probe._acc_ptc, probe._acc_ftc,
+                                  norms=norms, backend=probe._backend)
+        probe._norms[:, l] = norms
+        if l == probe.n_layers - 1:
+            probe._finish_call()
+        return x_next
+    return forward
+
+
+@contextmanager
+def attach(ft_model, pt_model, alpha=1.0, *, backend: str | None = None):
+    """Wrap ``ft_model``'s decoder blocks in place for the duration of the ``with`` block; yields a :class:`Probe`."""
+    family = check_compatible(pt_model, ft_model)
+    ft_blocks, pt_blocks = family.layers(ft_model), family.layers(pt_model)
+    if any("forward" in vars(b) for b in ft_blocks):
+        raise TucoError("the fine-tuned model's blocks are already wrapped (nested attach?)")
+    probe = Probe(pt_model, len(ft_blocks), layer_alphas(alpha, len(ft_blocks)), backend)
+    for l, (fb, pb) in enumerate(zip(ft_blocks, pt_blocks)):
+        fb.forward = _wrap_block(probe, l, fb, pb)
+    try:
+        yield probe
+    finally:
+        for fb in ft_blocks:
+            vars(fb).pop("forward", None)

@@ -1,0 +1,65 @@
+"""The paper's metrics (Nuti et al., ICML 2025, Def. 4.3, §4.4-4.5, §5.5) on accumulated vectors.
+
+With PTC̄ = Σ_l PTC_l and FTC̄ = Σ_l FTC_l taken at the last token:
+
+    TuCo  = |FTC̄|₁ / (|PTC̄|₁ + |FTC̄|₁)         PreCo = 1 − TuCo
+    β_l   = the same ratio for the sums over layers 0..l (cumulative; β_{L-1} = TuCo)
+    OutputCo = |x_L^FT − x_L^PT|₁ / (|x_L^PT|₁ + |x_L^FT − x_L^PT|₁),  x_L^PT from the PT model's own forward
+
+The norm is of the vector sum over layers, so cancellations between layers count (paper App. A).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def contribution_ratio(ftc_l1, ptc_l1):
+    """|FTC|₁ / (|PTC|₁ + |FTC|₁) elementwise; NaN only where both norms are zero."""
+    if isinstance(ftc_l1, torch.Tensor):
+        return ftc_l1 / (ptc_l1 + ftc_l1)
+    ftc_l1, ptc_l1 = np.asarray(ftc_l1, dtype=np.float64), np.asarray(ptc_l1, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return ftc_l1 / (ptc_l1 + ftc_l1)
+
+
+def tuco_from_components(ptc, ftc) -> float:
+    """TuCo of one token from per-layer contributions, each [L, d] (or [L] for d = 1)."""
+    ptc_sum = np.asarray(ptc, dtype=np.float64).sum(0)
+    ftc_sum = np.asarray(ftc, dtype=np.float64).sum(0)
+    return float(contribution_ratio(np.abs(ftc_sum).sum(), np.abs(ptc_sum).sum()))
+
+
+def beta_profile(ptc, ftc) -> np.ndarray:
+    """Cumulative β_l (sums over layers 0..l) from per-layer contributions [L, d]; last entry = TuCo."""
+    cp = np.cumsum(np.asarray(ptc, dtype=np.float64), 0).reshape(len(ptc), -1)
+    cf = np.cumsum(np.asarray(ftc, dtype=np.float64), 0).reshape(len(ftc), -1)
+    return contribution_ratio(np.abs(cf).sum(-1), np.abs(cp).sum(-1))
+
+
+def output_co(x_ft_final, x_pt_final):
+    """OutputCo from final (pre-norm) residual streams [..., d] of the FT and PT models' own forwards."""
+    diff = (x_ft_final.double() - x_pt_final.double()).abs().sum(-1)
+    return contribution_ratio(diff, x_pt_final.double().abs().sum(-1))
+
+
+def auc(scores_pos, scores_neg) -> float:
+    """Area under the ROC curve: P(score_pos > score_neg) + ½ P(tie) (Mann-Whitney U / n_pos·n_neg)."""
+    pos, neg = np.asarray(scores_pos, dtype=np.float64), np.asarray(scores_neg, dtype=np.float64)
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("auc needs at least one score in each class")
+    allv = np.concatenate([pos, neg])
+    order = allv.argsort(kind="mergesort")
+    ranks = np.empty_like(allv)
+    sorted_v = allv[order]
+    # average ranks over ties
+    i = 0
+    while i < len(sorted_v):
+        j = i
+        while j + 1 < len(sorted_v) and sorted_v[j + 1] == sorted_v[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
+    return float(u / (pos.size * neg.size))

@@ -1,0 +1,242 @@
+"""Load a (pre-trained, fine-tuned) model pair and check that one can be decomposed against the other.
+
+Sources, for either side: a local directory (safetensors, single or sharded), an already-built
+``PreTrainedModel``, or a GGUF file (a path ending in ``.gguf``, or ``gguf_file=``). The fine-tuned
+side may also be a PEFT/LoRA adapter directory: fine-tuned = pre-trained + adapter, merged.
+Pickle weights (``*.bin``, ``*.pt``) are refused unless ``allow_pickle=True``; remote code never runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import IncompatiblePairError, TucoError
+from .families import Family, family_of
+
+log = logging.getLogger(__name__)
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+@dataclass
+class ModelPair:
+    """The two models (eval mode, same dtype and device), the fine-tuned tokenizer and the family."""
+
+    pretrained: torch.nn.Module
+    finetuned: torch.nn.Module
+    tokenizer: object | None
+    family: Family
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.family.layers(self.finetuned))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.finetuned.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.finetuned.parameters()).dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return self.finetuned.get_input_embeddings().weight.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"ModelPair({self.family.model_type}, {self.n_layers} layers, d={self.finetuned.config.hidden_size}, "
+                f"{self.dtype}, {self.device})")
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    if dtype == "auto":
+        return None
+    raise TucoError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
+
+
+def _weights_kind(directory: Path, allow_pickle: bool) -> str:
+    """'safetensors' or 'pickle' for a model directory; refuses pickle unless allowed."""
+    names = [p.name for p in directory.iterdir() if p.is_file()]
+    if any(n.endswith(".safetensors") for n in names):
+        return "safetensors"
+    pickles = sorted(n for n in names if n.endswith(_PICKLE_SUFFIXES))
+    if pickles:
+        if not allow_pickle:
+            raise TucoError(f"{directory / pickles[0]}: pickle weights can run arbitrary code when loaded and are "
+                            f"refused; convert them to safetensors or pass allow_pickle=True (--allow-pickle)")
+        return "pickle"
+    raise TucoError(f"{directory}: no model weights found (expected *.safetensors)")
+
+
+def _resolve_source(source, gguf_file):
+    """(directory, gguf file name or None) for a path source."""
+    path = Path(os.fspath(source)).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise TucoError(f"{path}: GGUF file not found")
+        return path.parent, path.name
+    if not path.is_dir():
+        raise TucoError(f"{path}: not a directory or .gguf file (models are loaded from local paths only)")
+    if gguf_file is not None and not (path / gguf_file).is_file():
+        raise TucoError(f"{path / gguf_file}: GGUF file not found")
+    return path, gguf_file
+
+
+def _load_model(source, *, dtype, gguf_file, allow_pickle, attn_implementation):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    directory, gguf = _resolve_source(source, gguf_file)
+    kwargs = dict(trust_remote_code=False, dtype=dtype or "auto")
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if gguf:
+        kwargs["gguf_file"] = gguf
+        if dtype is None:
+            kwargs["dtype"] = torch.float32  # GGUF is dequantized to fp32 nn.Linear weights
+    else:
+        if not (directory / "config.json").is_file():
+            raise TucoError(f"{directory}: no config.json (not a HuggingFace model directory)")
+        kwargs["use_safetensors"] = _weights_kind(directory, allow_pickle) == "safetensors"
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=False, **({"gguf_file": gguf} if gguf else {}))
+    family_of(config)  # refuse unsupported families before loading any weights
+    return AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+
+
+def _load_tokenizer(sources: list, gguf_files: list):
+    """The first tokenizer found among the sources (fine-tuned side first)."""
+    from transformers import AutoTokenizer
+
+    for source, gguf in zip(sources, gguf_files):
+        if source is None or not isinstance(source, (str, os.PathLike)):
+            continue
+        directory, g = _resolve_source(source, gguf)
+        has_files = g or any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json",
+                                                                  "tokenizer.model", "vocab.json"))
+        if has_files:
+            return AutoTokenizer.from_pretrained(directory, trust_remote_code=False,
+                                                 **({"gguf_file": g} if g else {}))
+    return None
+
+
+def _is_adapter_dir(source) -> bool:
+    return isinstance(source, (str, os.PathLike)) and (Path(os.fspath(source)) / "adapter_config.json").is_file()
+
+
+def _apply_adapter(base, adapter_dir: Path, allow_pickle: bool):
+    from peft import PeftModel
+
+    names = [p.name for p in adapter_dir.iterdir()]
+    if "adapter_model.safetensors" not in names:
+        if "adapter_model.bin" in names and not allow_pickle:
+            raise TucoError(f"{adapter_dir / 'adapter_model.bin'}: pickle adapter weights are refused; "
+                            f"pass allow_pickle=True (--allow-pickle)")
+        if "adapter_model.bin" not in names:
+            raise TucoError(f"{adapter_dir}: no adapter weights (adapter_model.safetensors)")
+    try:
+        peft_model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise TucoError(f"{adapter_dir}: the adapter does not fit the pre-trained model: {exc}") from exc
+    return peft_model.merge_and_unload()
+
+
+def _config_field(config, field):
+    return getattr(config, field, None)
+
+
+def check_compatible(pt, ft, pt_tokenizer=None, ft_tokenizer=None) -> Family:
+    """Raise :class:`IncompatiblePairError` naming the first field on which the two models disagree."""
+    pc, fc = pt.config, ft.config
+    if pc.model_type != fc.model_type:
+        raise IncompatiblePairError("model_type", pc.model_type, fc.model_type)
+    family = family_of(fc)
+    for field in ("num_hidden_layers", "hidden_size", "vocab_size", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "layer_types", "sliding_window"):
+        a, b = _config_field(pc, field), _config_field(fc, field)
+        if a != b:
+            raise IncompatiblePairError(field, a, b)
+    n_pt, n_ft = len(family.layers(pt)), len(family.layers(ft))
+    if n_pt != n_ft:
+        raise IncompatiblePairError("number of decoder layers", n_pt, n_ft)
+    if pt.get_input_embeddings().weight.shape != ft.get_input_embeddings().weight.shape:
+        raise IncompatiblePairError("vocabulary size (embedding rows)", pt.get_input_embeddings().weight.shape[0],
+                                    ft.get_input_embeddings().weight.shape[0])
+    if pt_tokenizer is not None and ft_tokenizer is not None:
+        pv, fv = pt_tokenizer.get_vocab(), ft_tokenizer.get_vocab()
+        for token, idx in pv.items():
+            if fv.get(token) != idx:
+                raise IncompatiblePairError("tokenizer vocabulary", f"{token!r} -> {idx}", f"{token!r} -> {fv.get(token)}",
+                                            "the fine-tuned tokenizer must keep every pre-trained token id")
+    rope_a, rope_b = _config_field(pc, "rope_parameters"), _config_field(fc, "rope_parameters")
+    if rope_a != rope_b:
+        log.warning("rope parameters differ (%s vs %s); pre-trained blocks will see the fine-tuned model's "
+                    "rotary embeddings, as the decomposition requires", rope_a, rope_b)
+    return family
+
+
+def _prepare(model, dtype, device):
+    if dtype is not None:
+        model = model.to(dtype)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_pair(pretrained, finetuned, *, tokenizer=None, dtype=None, device=None, gguf_file=None,
+              allow_pickle: bool = False, attn_implementation: str | None = None) -> ModelPair:
+    """Load and check a pre-trained / fine-tuned pair.
+
+    Args:
+        pretrained, finetuned: local directories, ``.gguf`` paths or ``PreTrainedModel`` objects; the fine-tuned
+            side may be a PEFT adapter directory (then it is merged into a copy of the pre-trained model).
+        tokenizer: a tokenizer or a directory; default: the fine-tuned side's, else the pre-trained side's.
+        dtype: "float32", "bfloat16", "float16" or a torch dtype; default: the checkpoints' own (the fine-tuned
+            one's if they differ).
+        device: where to put both models; default: where they are (CPU for paths).
+        gguf_file: a GGUF file name inside the directories, one name for both or a (pre-trained, fine-tuned) pair.
+        allow_pickle: permit ``*.bin`` weights (pickle can execute code; refused by default).
+    """
+    dtype = parse_dtype(dtype)
+    g_pt, g_ft = gguf_file if isinstance(gguf_file, (tuple, list)) else (gguf_file, gguf_file)
+    load = dict(dtype=dtype, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
+
+    pt = pretrained if isinstance(pretrained, torch.nn.Module) else _load_model(pretrained, gguf_file=g_pt, **load)
+    if _is_adapter_dir(finetuned):
+        adapter_dir = Path(os.fspath(finetuned))
+        base = (copy.deepcopy(pt) if isinstance(pretrained, torch.nn.Module)
+                else _load_model(pretrained, gguf_file=g_pt, **load))
+        ft = _apply_adapter(base, adapter_dir, allow_pickle)
+    elif isinstance(finetuned, torch.nn.Module):
+        ft = finetuned
+    else:
+        ft = _load_model(finetuned, gguf_file=g_ft, **load)
+
+    if isinstance(tokenizer, (str, os.PathLike)):
+        ft_tok = _load_tokenizer([tokenizer], [None])
+        pt_tok = None
+    elif tokenizer is not None:
+        ft_tok, pt_tok = tokenizer, None
+    else:
+        ft_tok = _load_tokenizer([finetuned, pretrained], [g_ft, g_pt])
+        pt_tok = _load_tokenizer([pretrained], [g_pt]) if not _is_adapter_dir(finetuned) else None
+    family = check_compatible(pt, ft, pt_tok, ft_tok)
+
+    target = dtype or next(ft.parameters()).dtype
+    if next(pt.parameters()).dtype != target:
+        log.info("casting the pre-trained model to %s to match the fine-tuned one", target)
+    pt, ft = _prepare(pt, target, device), _prepare(ft, target, device)
+    return ModelPair(pretrained=pt, finetuned=ft, tokenizer=ft_tok, family=family)

@@ -1,0 +1,73 @@
+"""TuCoResult: per-prompt TuCo and friends, in input order, with pandas / record export."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class TuCoResult:
+    """Scores of N prompts (input order).
+
+    tuco, preco: [N]; n_tokens: [N] prompt length in tokens.
+    ptc_l1, ftc_l1: [N, L] last-token |PTC_l|₁ and |FTC_l|₁ per layer (``layers=True``).
+    beta: [N, L] cumulative β_l at the last token (``layers=True``); beta[:, -1] == tuco.
+    token_tuco: N arrays [n_tokens] of TuCo at every position (``token_map=True``).
+    output_co: [N] the OutputCo baseline (``output_co=True``).
+    """
+
+    ids: list
+    tuco: np.ndarray
+    n_tokens: np.ndarray
+    alpha: list
+    ptc_l1: np.ndarray | None = None
+    ftc_l1: np.ndarray | None = None
+    beta: np.ndarray | None = None
+    token_tuco: list | None = None
+    output_co: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def preco(self) -> np.ndarray:
+        return 1.0 - self.tuco
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to_records(self) -> list[dict]:
+        """One plain dict per prompt (JSON-serialisable): id, tuco, preco, n_tokens and what was asked for."""
+        out = []
+        for i, pid in enumerate(self.ids):
+            rec = {"id": pid, "tuco": float(self.tuco[i]), "preco": float(self.preco[i]),
+                   "n_tokens": int(self.n_tokens[i])}
+            if self.output_co is not None:
+                rec["output_co"] = float(self.output_co[i])
+            if self.ptc_l1 is not None:
+                rec["ptc_l1"] = self.ptc_l1[i].tolist()
+                rec["ftc_l1"] = self.ftc_l1[i].tolist()
+                rec["beta"] = self.beta[i].tolist()
+            if self.token_tuco is not None:
+                rec["token_tuco"] = [None if math.isnan(v) else float(v) for v in self.token_tuco[i]]
+            out.append(rec)
+        return out
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame.from_records(self.to_records())
+
+    def summary(self) -> dict:
+        t = self.tuco[np.isfinite(self.tuco)]
+        return {"n": len(self), "tuco_mean": float(t.mean()) if t.size else float("nan"),
+                "tuco_sd": float(t.std(ddof=1)) if t.size > 1 else float("nan"),
+                "tuco_min": float(t.min()) if t.size else float("nan"),
+                "tuco_max": float(t.max()) if t.size else float("nan"),
+                "tokens_mean": float(self.n_tokens.mean())}
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (f"TuCoResult(n={s['n']}, tuco mean={s['tuco_mean']:.4f} sd={s['tuco_sd']:.4f} "
+                f"range=[{s['tuco_min']:.4f}, {s['tuco_max']:.4f}])")
