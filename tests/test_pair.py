@@ -1,0 +1,106 @@
+"""Loading pairs from real files: safetensors (single and sharded), PEFT adapters, pickle refusal,
+and incompatible pairs failing before any compute with the field named."""
+
+import copy
+
+import pytest
+import torch
+
+import tuco_kernels as tk
+from tuco_kernels.errors import IncompatiblePairError, TucoError
+from tuco_kernels.tiny import build_model, tiny_config
+
+from .conftest import PROMPTS, make_pair_models
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tokenizer):
+    """Tiny llama pair saved as HF folders: pt (single file), ft (sharded), with the tokenizer."""
+    root = tmp_path_factory.mktemp("models")
+    pt, ft = make_pair_models("llama", tokenizer)
+    pt.save_pretrained(root / "pt")
+    ft.save_pretrained(root / "ft", max_shard_size="100KB")
+    for d in ("pt", "ft"):
+        tokenizer.save_pretrained(root / d)
+    return root
+
+
+def test_load_from_directories(saved, tokenizer):
+    assert len(list((saved / "ft").glob("*.safetensors"))) > 1  # really sharded
+    pair = tk.load_pair(saved / "pt", saved / "ft")
+    pt, ft = make_pair_models("llama", tokenizer)
+    expected = tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS).tuco
+    assert tk.score(pair, PROMPTS).tuco == pytest.approx(expected, abs=0)
+    assert pair.tokenizer.get_vocab() == tokenizer.get_vocab()
+
+
+def test_dtype_and_repr(saved):
+    pair = tk.load_pair(saved / "pt", saved / "ft", dtype="bfloat16")
+    assert pair.dtype == torch.bfloat16 and pair.pretrained.dtype == torch.bfloat16
+    assert "llama, 3 layers" in repr(pair)
+    with pytest.raises(TucoError, match="unknown dtype 'int3'"):
+        tk.load_pair(saved / "pt", saved / "ft", dtype="int3")
+
+
+def test_pickle_weights_refused_unless_allowed(tmp_path, saved, tokenizer):
+    pt, _ = make_pair_models("llama", tokenizer)
+    pt.config.save_pretrained(tmp_path / "pkl")  # a legacy pickle checkpoint, as old downloads have them
+    torch.save(pt.state_dict(), tmp_path / "pkl" / "pytorch_model.bin")
+    with pytest.raises(TucoError, match=r"pytorch_model.bin: pickle weights can run arbitrary code"):
+        tk.load_pair(tmp_path / "pkl", saved / "ft")
+    pair = tk.load_pair(tmp_path / "pkl", saved / "ft", allow_pickle=True, tokenizer=tokenizer)
+    assert torch.equal(pair.pretrained.model.embed_tokens.weight, pt.model.embed_tokens.weight)
+
+
+def test_peft_adapter_as_finetuned_side(tmp_path, saved, tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    base, _ = make_pair_models("llama", tokenizer)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(copy.deepcopy(base), cfg)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    pair = tk.load_pair(saved / "pt", tmp_path / "adapter")
+    direct = tk.score(tk.load_pair(base, merged, tokenizer=tokenizer), PROMPTS).tuco
+    got = tk.score(pair, PROMPTS).tuco
+    assert got == pytest.approx(direct, abs=1e-6) and (got > 0).all()
+    # the PEFT model's own forward (adapter active, unmerged) agrees with the fine-tuned side
+    ids = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
+    torch.testing.assert_close(pair.finetuned(input_ids=ids).logits, peft_model(input_ids=ids).logits,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_bad_paths(tmp_path, saved):
+    with pytest.raises(TucoError, match="not a directory or .gguf file"):
+        tk.load_pair(tmp_path / "missing", saved / "ft")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TucoError, match="empty: no config.json"):
+        tk.load_pair(tmp_path / "empty", saved / "ft")
+    with pytest.raises(TucoError, match="GGUF file not found"):
+        tk.load_pair(tmp_path / "m.gguf", saved / "ft")
+
+
+@pytest.mark.parametrize("field,change", [
+    ("model_type", lambda t: tiny_config("qwen2", len(t))),
+    ("num_hidden_layers", lambda t: tiny_config("llama", len(t), layers=2)),
+    ("hidden_size", lambda t: tiny_config("llama", len(t), hidden=32)),
+    ("vocab_size", lambda t: tiny_config("llama", len(t) + 8)),
+])
+def test_incompatible_pairs_name_the_field(tokenizer, field, change):
+    pt, _ = make_pair_models("llama", tokenizer)
+    other = build_model(change(tokenizer))
+    with pytest.raises(IncompatiblePairError, match=f"incompatible pair: {field} differs") as err:
+        tk.load_pair(pt, other, tokenizer=tokenizer)
+    assert err.value.field == field
+
+
+def test_incompatible_tokenizers(tmp_path, tokenizer):
+    from tuco_kernels.tiny import train_tokenizer
+
+    pt, ft = make_pair_models("llama", tokenizer)
+    other_tok = train_tokenizer(["completely different words entirely, zebra quartz"] * 3, vocab_size=len(tokenizer))
+    for name, model, tok in (("pt", pt, tokenizer), ("ft", ft, other_tok)):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    with pytest.raises(IncompatiblePairError, match="tokenizer vocabulary differs"):
+        tk.load_pair(tmp_path / "pt", tmp_path / "ft")
