@@ -110,9 +110,15 @@ def _load_model(source, *, dtype, gguf_file, allow_pickle, attn_implementation):
         if not (directory / "config.json").is_file():
             raise TucoError(f"{directory}: no config.json (not a HuggingFace model directory)")
         kwargs["use_safetensors"] = _weights_kind(directory, allow_pickle) == "safetensors"
-    config = AutoConfig.from_pretrained(directory, trust_remote_code=False, **({"gguf_file": gguf} if gguf else {}))
+    try:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=False, **({"gguf_file": gguf} if gguf else {}))
+    except (OSError, ValueError, KeyError) as exc:
+        raise TucoError(f"{directory}: cannot read the model config: {exc}") from exc
     family_of(config)  # refuse unsupported families before loading any weights
-    return AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+    try:
+        return AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise TucoError(f"{directory / (gguf or '')}: cannot load the model: {exc}") from exc
 
 
 def _load_tokenizer(sources: list, gguf_files: list):

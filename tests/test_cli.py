@@ -1,0 +1,154 @@
+"""`tuco` end to end on saved tiny models: every input and output format, and every bad-input path."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import tuco_kernels as tk
+from tuco_kernels.cli import main
+
+from .conftest import PROMPTS, make_pair_models
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("cli_models")
+    pt, ft = make_pair_models("qwen2", tokenizer)
+    for name, m in (("pt", pt), ("ft", ft)):
+        m.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def expected(models):
+    return tk.score(tk.load_pair(models / "pt", models / "ft"), PROMPTS, layers=True)
+
+
+def _write_prompts(tmp_path, kind):
+    if kind == "jsonl":
+        text = "\n".join(json.dumps({"id": f"p{i}", "prompt": p}) for i, p in enumerate(PROMPTS))
+    elif kind == "csv":
+        text = "id,prompt\n" + "\n".join(f'p{i},"{p}"' for i, p in enumerate(PROMPTS))
+    else:
+        text = "\n".join(PROMPTS)
+    path = tmp_path / f"prompts.{kind}"
+    path.write_text(text + "\n")
+    return path
+
+
+def _read(path):
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    if path.suffix == ".csv":
+        df = pd.read_csv(path)
+        return [{k: (json.loads(v) if isinstance(v, str) and v.startswith("[") else v) for k, v in r.items()}
+                for r in df.to_dict("records")]
+    return pd.read_parquet(path).to_dict("records")
+
+
+@pytest.mark.parametrize("in_kind", ["jsonl", "csv", "txt"])
+@pytest.mark.parametrize("out_kind", ["jsonl", "csv", "parquet"])
+def test_score_every_format(tmp_path, models, expected, in_kind, out_kind, capsys):
+    prompts, out = _write_prompts(tmp_path, in_kind), tmp_path / f"out.{out_kind}"
+    rc = main(["score", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"),
+               "--prompts", str(prompts), "--out", str(out), "--layers", "--no-progress"])
+    assert rc == 0
+    rows = _read(out)
+    assert len(rows) == len(PROMPTS)
+    for i, row in enumerate(rows):
+        assert str(row["id"]) == (f"p{i}" if in_kind != "txt" else str(i))
+        assert row["tuco"] == pytest.approx(expected.tuco[i], abs=1e-12)
+        assert row["preco"] == pytest.approx(1 - expected.tuco[i], abs=1e-12)
+        assert row["n_tokens"] == expected.n_tokens[i]
+        assert list(row["beta"]) == pytest.approx(list(expected.beta[i]), abs=1e-9)
+        assert len(row["ptc_l1"]) == len(row["ftc_l1"]) == 3
+    assert "TuCo mean ± sd" in capsys.readouterr().err
+
+
+def test_chat_alpha_and_output_co(tmp_path, models):
+    prompts = tmp_path / "chat.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "Can you help me?"}]}) + "\n")
+    out = tmp_path / "o.jsonl"
+    base = ["score", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"), "--prompts", str(prompts),
+            "--out", str(out), "--no-progress", "--output-co"]
+    assert main(base + ["--system-prompt", "Be kind."]) == 0
+    row = json.loads(out.read_text())
+    pair = tk.load_pair(models / "pt", models / "ft")
+    exp = tk.score(pair, [[{"role": "user", "content": "Can you help me?"}]], system_prompt="Be kind.", output_co=True)
+    assert row["tuco"] == pytest.approx(exp.tuco[0]) and row["output_co"] == pytest.approx(exp.output_co[0])
+    assert main(base + ["--alpha", "1.25"]) == 0
+    steered = json.loads(out.read_text())["tuco"]
+    assert steered == pytest.approx(tk.score(pair, [[{"role": "user", "content": "Can you help me?"}]],
+                                             alpha=1.25).tuco[0])
+
+
+@pytest.mark.parametrize("content,match", [
+    ('{"prompt": "ok"}\n{"prompt": oops}\n', "prompts.jsonl:2: invalid JSON"),
+    ('{"prompt": "ok"}\n{"text2": "x"}\n', "prompts.jsonl:2: expected exactly one of"),
+])
+def test_bad_input_exits_nonzero_and_keeps_old_output(tmp_path, models, capsys, content, match):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(content)
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous results\n")
+    rc = main(["score", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"),
+               "--prompts", str(prompts), "--out", str(out), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert out.read_text() == "previous results\n"
+    assert list(tmp_path.glob("*.partial")) == []
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--out", "{tmp}/x.xlsx"], "unknown output type '.xlsx'"),
+    (["--out", "{tmp}/nodir/x.jsonl"], "does not exist"),
+    (["--out", "{tmp}/o.jsonl", "--dtype", "int3"], "unknown dtype 'int3'"),
+    (["--out", "{tmp}/o.jsonl", "--tokenizer", "{tmp}/NOTOK"], "NOTOK: not a directory or .gguf file"),
+    (["--out", "{tmp}/o.jsonl", "--backend", "nope"], "kernel backend 'nope' cannot run here"),
+])
+def test_bad_options(tmp_path, models, capsys, extra, match):
+    args = ["score", "--no-progress", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"),
+            "--prompts", str(_write_prompts(tmp_path, "txt"))] + [a.format(tmp=tmp_path) for a in extra]
+    assert main(args) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_incompatible_pair_exits_2(tmp_path, models, tokenizer, capsys):
+    _, other = make_pair_models("llama", tokenizer)
+    other.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    rc = main(["score", "--pretrained", str(models / "pt"), "--finetuned", str(tmp_path / "llama"),
+               "--prompts", str(_write_prompts(tmp_path, "txt")), "--out", str(tmp_path / "o.csv"), "--no-progress"])
+    assert rc == 2 and "model_type differs" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_steer_and_info_commands(tmp_path, models):
+    prompts = _write_prompts(tmp_path, "txt")
+    out = tmp_path / "gen.jsonl"
+    rc = main(["steer", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"), "--prompts",
+               str(prompts), "--alpha", "0.75", "1.25", "--max-new-tokens", "4", "--out", str(out)])
+    assert rc == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["alpha"] for r in rows] == [0.75] * len(PROMPTS) + [1.25] * len(PROMPTS)
+    assert all(isinstance(r["text"], str) for r in rows)
+    info = subprocess.run([sys.executable, "-m", "tuco_kernels.cli", "info"], capture_output=True, text=True)
+    assert info.returncode == 0 and "backend torch   available" in info.stdout and "transformers" in info.stdout
+
+
+def test_console_script_runs(tmp_path, models):
+    """The installed `tuco` entry point, as a user runs it, with the progress bar on stderr."""
+    import shutil
+
+    exe = shutil.which("tuco") or str((__import__("pathlib").Path(sys.executable).parent / "tuco"))
+    out = tmp_path / "o.parquet"
+    proc = subprocess.run([exe, "score", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"),
+                           "--prompts", str(_write_prompts(tmp_path, "txt")), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "scoring" in proc.stderr and len(pd.read_parquet(out)) == len(PROMPTS)

@@ -1,0 +1,165 @@
+"""The ``tuco`` command: ``tuco score``, ``tuco steer`` and ``tuco info``.
+
+Errors the user can fix (a bad prompt file, an incompatible pair, an unknown dtype) print one line,
+``tuco: error: ...``, and exit with status 2; output files are written atomically (io.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import TucoError
+
+
+def _add_model_args(p: argparse.ArgumentParser):
+    p.add_argument("--pretrained", required=True, help="pre-trained model: directory or .gguf file")
+    p.add_argument("--finetuned", required=True, help="fine-tuned model: directory, .gguf file or PEFT adapter")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the fine-tuned side's)")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoints')")
+    p.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    p.add_argument("--allow-pickle", action="store_true", help="permit pickle (*.bin) weights")
+    p.add_argument("--prompts", required=True, help="prompt file: .jsonl (prompt|messages, id), .csv (prompt), .txt")
+    p.add_argument("--chat", action="store_true", help="render text prompts as user turns of the chat template")
+    p.add_argument("--system-prompt", help="system message for chat prompts")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="rows × padded length per batch (default 4096)")
+    p.add_argument("--backend", help="force a kernel backend (see `tuco info`)")
+
+
+def _alpha(text: str):
+    """'1.25' -> 1.25; '1,1,0.5' -> one value per layer."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or comma-separated list of numbers: {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuco", description="TuCo: how much of a model's answer comes from fine-tuning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("score", help="TuCo per prompt")
+    _add_model_args(s)
+    s.add_argument("--out", required=True, help="output file: .jsonl, .csv or .parquet")
+    s.add_argument("--alpha", type=_alpha, default=1.0, help="FTC scale, or comma-separated per-layer values")
+    s.add_argument("--layers", action="store_true", help="also write per-layer ptc_l1, ftc_l1 and beta")
+    s.add_argument("--output-co", action="store_true", help="also write the OutputCo baseline")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    g = sub.add_parser("steer", help="generate under FTC α-scaling")
+    _add_model_args(g)
+    g.add_argument("--alpha", type=_alpha, nargs="+", default=[1.0], help="one or more α values (or per-layer lists)")
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step")
+    g.add_argument("--out", help="write {id, alpha, text} records here (.jsonl/.csv/.parquet); default: print")
+
+    sub.add_parser("info", help="versions, device and available kernel backends")
+    return parser
+
+
+def _default_device(requested):
+    import torch
+
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load(args):
+    from .data import read_prompt_file
+    from .pair import load_pair
+
+    prompts = read_prompt_file(args.prompts)  # validate the input before loading any weights
+    pair = load_pair(args.pretrained, args.finetuned, tokenizer=args.tokenizer, dtype=args.dtype,
+                     device=_default_device(args.device), allow_pickle=args.allow_pickle)
+    return pair, prompts
+
+
+def cmd_score(args) -> int:
+    from .io import check_output_path, write_records
+    from .score import score
+
+    check_output_path(args.out)
+    pair, prompts = _load(args)
+    print(f"tuco: {pair}; {len(prompts)} prompts from {args.prompts}", file=sys.stderr)
+    result = score(pair, prompts, alpha=args.alpha, chat=args.chat, system_prompt=args.system_prompt,
+                   batch_tokens=args.batch_tokens, layers=args.layers, output_co=args.output_co,
+                   progress=not args.no_progress, backend=args.backend)
+    write_records(result.to_records(), args.out)
+    s = result.summary()
+    rows = [("prompts", f"{s['n']}"), ("TuCo mean ± sd", f"{s['tuco_mean']:.4f} ± {s['tuco_sd']:.4f}"),
+            ("TuCo min / max", f"{s['tuco_min']:.4f} / {s['tuco_max']:.4f}"),
+            ("tokens per prompt (mean)", f"{s['tokens_mean']:.1f}"), ("written to", str(args.out))]
+    if result.output_co is not None:
+        rows.insert(3, ("OutputCo mean", f"{result.output_co.mean():.4f}"))
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows), file=sys.stderr)
+    return 0
+
+
+def cmd_steer(args) -> int:
+    from .io import write_records
+    from .steer import generate
+
+    if args.out:
+        from .io import check_output_path
+        check_output_path(args.out)
+    pair, prompts = _load(args)
+    records = []
+    for alpha in args.alpha:
+        outs = generate(pair, prompts, alpha, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                        temperature=args.temperature, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache,
+                        chat=args.chat, system_prompt=args.system_prompt, batch_tokens=args.batch_tokens,
+                        backend=args.backend)
+        for o in outs:
+            records.append({"id": o["id"], "alpha": alpha, "text": o["text"]})
+    if args.out:
+        write_records(records, args.out)
+    else:
+        for r in records:
+            print(f"[{r['id']}] α={r['alpha']}: {r['text']!r}")
+    return 0
+
+
+def cmd_info(_args) -> int:
+    import platform
+
+    import torch
+    import transformers
+
+    from . import __version__, ops
+    from .families import SUPPORTED
+
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    lines = [("tuco_kernels", __version__), ("python", platform.python_version()), ("torch", torch.__version__),
+             ("triton", triton_version), ("transformers", transformers.__version__),
+             ("cuda", torch.cuda.get_device_name(0) if torch.cuda.is_available() else
+              f"not available (torch built {'with CUDA ' + torch.version.cuda if torch.version.cuda else 'without CUDA'})"),
+             ("families", ", ".join(SUPPORTED))]
+    lines += [(f"backend {name}", status) for name, status in ops.backend_status().items()]
+    width = max(len(k) for k, _ in lines)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in lines))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"score": cmd_score, "steer": cmd_steer, "info": cmd_info}[args.command](args)
+    except TucoError as exc:
+        print(f"tuco: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tuco: interrupted; no output written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
