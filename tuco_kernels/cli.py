@@ -151,6 +151,9 @@ def cmd_info(_args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # HF's per-file loading bars; ours reports the scoring
     try:
         return {"score": cmd_score, "steer": cmd_steer, "info": cmd_info}[args.command](args)
     except TucoError as exc:
