@@ -104,3 +104,20 @@ def test_incompatible_tokenizers(tmp_path, tokenizer):
         tok.save_pretrained(tmp_path / name)
     with pytest.raises(IncompatiblePairError, match="tokenizer vocabulary differs"):
         tk.load_pair(tmp_path / "pt", tmp_path / "ft")
+
+
+def test_gguf_files(tmp_path, tokenizer):
+    """Both sides as GGUF files (F32, llama.cpp layout), with the tokenizer read from the GGUF metadata."""
+    from .gguf_writer import write_llama_gguf
+
+    pt, ft = make_pair_models("llama", tokenizer)
+    write_llama_gguf(pt, tokenizer, tmp_path / "pt.gguf")
+    write_llama_gguf(ft, tokenizer, tmp_path / "ft.gguf")
+    pair = tk.load_pair(tmp_path / "pt.gguf", tmp_path / "ft.gguf")
+    assert pair.dtype == torch.float32
+    for p in PROMPTS:
+        assert pair.tokenizer(p)["input_ids"] == tokenizer(p)["input_ids"]
+    expected = tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS).tuco
+    assert tk.score(pair, PROMPTS).tuco == pytest.approx(expected, abs=1e-6)
+    same_dir = tk.load_pair(tmp_path, tmp_path, gguf_file=("pt.gguf", "ft.gguf"))
+    assert tk.score(same_dir, PROMPTS).tuco == pytest.approx(expected, abs=1e-6)
