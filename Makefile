@@ -15,7 +15,7 @@ $(STAMP):
 	rm -f .venv/.installed-* && touch $(STAMP)
 
 test: venv
-	$(PY) -m pytest tests -q --benchmark-disable
+	$(PY) -m pytest tests -q -rs --benchmark-disable
 
 demo: venv
 	$(PY) python/demo.py

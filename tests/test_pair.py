@@ -121,3 +121,21 @@ def test_gguf_files(tmp_path, tokenizer):
     assert tk.score(pair, PROMPTS).tuco == pytest.approx(expected, abs=1e-6)
     same_dir = tk.load_pair(tmp_path, tmp_path, gguf_file=("pt.gguf", "ft.gguf"))
     assert tk.score(same_dir, PROMPTS).tuco == pytest.approx(expected, abs=1e-6)
+
+
+def test_incompatible_directories_fail_before_loading_weights(tmp_path, saved, tokenizer):
+    """Only config.json on the fine-tuned side: the field mismatch is reported, no weight file is touched."""
+    tiny_config("llama", len(tokenizer), hidden=32).save_pretrained(tmp_path / "cfg_only")
+    with pytest.raises(IncompatiblePairError, match="hidden_size differs"):
+        tk.load_pair(saved / "pt", tmp_path / "cfg_only")
+
+
+def test_result_exports(llama_pair):
+    r = tk.score(llama_pair, PROMPTS, layers=True, output_co=True, token_map=True)
+    df = r.to_pandas()
+    assert list(df.columns[:4]) == ["id", "tuco", "preco", "n_tokens"] and len(df) == len(PROMPTS)
+    assert (df["tuco"] + df["preco"]).tolist() == pytest.approx([1.0] * len(PROMPTS))
+    rec = r.to_records()[2]
+    assert set(rec) == {"id", "tuco", "preco", "n_tokens", "output_co", "ptc_l1", "ftc_l1", "beta", "token_tuco"}
+    assert len(rec["token_tuco"]) == rec["n_tokens"] and len(rec["beta"]) == llama_pair.n_layers
+    assert "TuCoResult(n=4" in repr(r)

@@ -95,8 +95,20 @@ def _resolve_source(source, gguf_file):
     return path, gguf_file
 
 
+def _read_config(source, gguf_file):
+    from transformers import AutoConfig
+
+    directory, gguf = _resolve_source(source, gguf_file)
+    if not gguf and not (directory / "config.json").is_file():
+        raise TucoError(f"{directory}: no config.json (not a HuggingFace model directory)")
+    try:
+        return AutoConfig.from_pretrained(directory, trust_remote_code=False, **({"gguf_file": gguf} if gguf else {}))
+    except (OSError, ValueError, KeyError) as exc:
+        raise TucoError(f"{directory}: cannot read the model config: {exc}") from exc
+
+
 def _load_model(source, *, dtype, gguf_file, allow_pickle, attn_implementation):
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     directory, gguf = _resolve_source(source, gguf_file)
     kwargs = dict(trust_remote_code=False, dtype=dtype or "auto")
@@ -107,14 +119,8 @@ def _load_model(source, *, dtype, gguf_file, allow_pickle, attn_implementation):
         if dtype is None:
             kwargs["dtype"] = torch.float32  # GGUF is dequantized to fp32 nn.Linear weights
     else:
-        if not (directory / "config.json").is_file():
-            raise TucoError(f"{directory}: no config.json (not a HuggingFace model directory)")
         kwargs["use_safetensors"] = _weights_kind(directory, allow_pickle) == "safetensors"
-    try:
-        config = AutoConfig.from_pretrained(directory, trust_remote_code=False, **({"gguf_file": gguf} if gguf else {}))
-    except (OSError, ValueError, KeyError) as exc:
-        raise TucoError(f"{directory}: cannot read the model config: {exc}") from exc
-    family_of(config)  # refuse unsupported families before loading any weights
+    family_of(_read_config(source, gguf_file))  # refuse unsupported families before loading any weights
     try:
         return AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
@@ -162,9 +168,8 @@ def _config_field(config, field):
     return getattr(config, field, None)
 
 
-def check_compatible(pt, ft, pt_tokenizer=None, ft_tokenizer=None) -> Family:
-    """Raise :class:`IncompatiblePairError` naming the first field on which the two models disagree."""
-    pc, fc = pt.config, ft.config
+def check_configs(pc, fc) -> Family:
+    """Raise :class:`IncompatiblePairError` naming the first config field on which the two models disagree."""
     if pc.model_type != fc.model_type:
         raise IncompatiblePairError("model_type", pc.model_type, fc.model_type)
     family = family_of(fc)
@@ -173,6 +178,13 @@ def check_compatible(pt, ft, pt_tokenizer=None, ft_tokenizer=None) -> Family:
         a, b = _config_field(pc, field), _config_field(fc, field)
         if a != b:
             raise IncompatiblePairError(field, a, b)
+    return family
+
+
+def check_compatible(pt, ft, pt_tokenizer=None, ft_tokenizer=None) -> Family:
+    """Check configs, built modules and tokenizers; raise :class:`IncompatiblePairError` naming the field."""
+    pc, fc = pt.config, ft.config
+    family = check_configs(pc, fc)
     n_pt, n_ft = len(family.layers(pt)), len(family.layers(ft))
     if n_pt != n_ft:
         raise IncompatiblePairError("number of decoder layers", n_pt, n_ft)
@@ -219,6 +231,9 @@ def load_pair(pretrained, finetuned, *, tokenizer=None, dtype=None, device=None,
     dtype = parse_dtype(dtype)
     g_pt, g_ft = gguf_file if isinstance(gguf_file, (tuple, list)) else (gguf_file, gguf_file)
     load = dict(dtype=dtype, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
+    if not isinstance(pretrained, torch.nn.Module) and not isinstance(finetuned, torch.nn.Module) \
+            and not _is_adapter_dir(finetuned):
+        check_configs(_read_config(pretrained, g_pt), _read_config(finetuned, g_ft))  # before any weights load
 
     pt = pretrained if isinstance(pretrained, torch.nn.Module) else _load_model(pretrained, gguf_file=g_pt, **load)
     if _is_adapter_dir(finetuned):
