@@ -22,7 +22,7 @@ from . import ops
 from .capture import bind_block_call
 from .engine import layer_alphas
 from .errors import TucoError
-from .metrics import contribution_ratio
+from .metrics import contribution_ratio, tuco_from_sums
 from .pair import check_compatible
 
 _CACHE_ARG_NAMES = ("past_key_values", "past_key_value", "layer_past")
@@ -62,12 +62,14 @@ class Probe:
         self._acc_ptc = torch.zeros((B, d), dtype=torch.float32, device=x.device)
         self._acc_ftc = torch.zeros_like(self._acc_ptc)
         self._norms = torch.zeros((B, self.n_layers, 4), dtype=torch.float32, device=x.device)
+        self._layer_norms = torch.empty((B, 4), dtype=torch.float32, device=x.device)
+        self._last = torch.full((B,), x.shape[1] - 1, dtype=torch.long, device=x.device)  # left padding
 
     def _finish_call(self):
         n = self._norms
         self.ptc_l1, self.ftc_l1 = n[..., 0], n[..., 1]
         self.beta = contribution_ratio(n[..., 3], n[..., 2])
-        self.tuco = contribution_ratio(self._acc_ftc.double().abs().sum(-1), self._acc_ptc.double().abs().sum(-1))
+        self.tuco = tuco_from_sums(self._acc_ptc, self._acc_ftc)
         self.history.append(self.tuco)
 
 
@@ -82,11 +84,9 @@ def _wrap_block(probe: Probe, l: int, ft_block, pt_block):
             if name in pt_named:
                 pt_named[name] = probe._pt_cache_for(pt_named[name])
         out_pt = pt_block(x, **pt_named)
-        last = torch.full((x.shape[0],), x.shape[1] - 1, dtype=torch.long, device=x.device)
-        norms = torch.empty((x.shape[0], 4), dtype=torch.float32, device=x.device)
-        x_next = ops.fused_update(x, out_pt, out_ft, probe.alpha[l], last, probe._acc_ptc, probe._acc_ftc,
-                                  norms=norms, backend=probe._backend)
-        probe._norms[:, l] = norms
+        x_next = ops.fused_update(x, out_pt, out_ft, probe.alpha[l], probe._last, probe._acc_ptc, probe._acc_ftc,
+                                  norms=probe._layer_norms, backend=probe._backend)
+        probe._norms[:, l] = probe._layer_norms
         if l == probe.n_layers - 1:
             probe._finish_call()
         return x_next

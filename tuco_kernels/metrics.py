@@ -24,6 +24,11 @@ def contribution_ratio(ftc_l1, ptc_l1):
         return ftc_l1 / (ptc_l1 + ftc_l1)
 
 
+def tuco_from_sums(acc_ptc: torch.Tensor, acc_ftc: torch.Tensor) -> torch.Tensor:
+    """TuCo from accumulated ΣPTC and ΣFTC vectors [..., d]; L1 norms taken in float64, shape [...]."""
+    return contribution_ratio(acc_ftc.double().abs().sum(-1), acc_ptc.double().abs().sum(-1))
+
+
 def tuco_from_components(ptc, ftc) -> float:
     """TuCo of one token from per-layer contributions, each [L, d] (or [L] for d = 1)."""
     ptc_sum = np.asarray(ptc, dtype=np.float64).sum(0)

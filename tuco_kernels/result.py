@@ -14,7 +14,8 @@ class TuCoResult:
 
     tuco, preco: [N]; n_tokens: [N] prompt length in tokens.
     ptc_l1, ftc_l1: [N, L] last-token |PTC_l|₁ and |FTC_l|₁ per layer (``layers=True``).
-    beta: [N, L] cumulative β_l at the last token (``layers=True``); beta[:, -1] == tuco.
+    beta: [N, L] cumulative β_l at the last token (``layers=True``); beta[:, -1] equals tuco up to fp32 rounding
+        (β comes from the fp32 norms the fused update writes).
     token_tuco: N arrays [n_tokens] of TuCo at every position (``token_map=True``).
     output_co: [N] the OutputCo baseline (``output_co=True``).
     """

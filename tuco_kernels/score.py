@@ -8,7 +8,7 @@ import torch
 from .batching import make_batches
 from .data import normalize_prompts, tokenize
 from .engine import decompose_batch, layer_alphas, own_final_stream
-from .metrics import contribution_ratio, output_co as output_co_metric
+from .metrics import contribution_ratio, output_co as output_co_metric, tuco_from_sums
 from .result import TuCoResult
 
 DEFAULT_BATCH_TOKENS = 4096
@@ -58,13 +58,13 @@ def score(pair, prompts, *, alpha=1.0, chat: bool = False, system_prompt: str | 
         dec = decompose_batch(pair, batch.input_ids, batch.attention_mask, alphas, layers=layers,
                               token_map=token_map, keep_final=output_co, backend=backend)
         ptc, ftc = dec.sums_at_last()
-        t = contribution_ratio(ftc.double().abs().sum(-1), ptc.double().abs().sum(-1)).cpu().numpy()
+        t = tuco_from_sums(ptc, ftc).cpu().numpy()
         rows = batch.indices
         tuco[rows] = t
         if layers:
             norms[rows] = dec.layer_norms.double().cpu().numpy()
         if token_map:
-            per_pos = contribution_ratio(dec.acc_ftc.double().abs().sum(-1), dec.acc_ptc.double().abs().sum(-1))
+            per_pos = tuco_from_sums(dec.acc_ptc, dec.acc_ftc)
             for r, i in enumerate(rows):
                 token_tuco[i] = per_pos[r, -n_tokens[i]:].cpu().numpy()
         if output_co:
