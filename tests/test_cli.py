@@ -109,7 +109,7 @@ def test_bad_input_exits_nonzero_and_keeps_old_output(tmp_path, models, capsys, 
     (["--out", "{tmp}/nodir/x.jsonl"], "does not exist"),
     (["--out", "{tmp}/o.jsonl", "--dtype", "int3"], "unknown dtype 'int3'"),
     (["--out", "{tmp}/o.jsonl", "--tokenizer", "{tmp}/NOTOK"], "NOTOK: not a directory or .gguf file"),
-    (["--out", "{tmp}/o.jsonl", "--backend", "nope"], "kernel backend 'nope' cannot run here"),
+    (["--out", "{tmp}/o.jsonl", "--backend", "nope"], "unknown kernel backend 'nope'"),
 ])
 def test_bad_options(tmp_path, models, capsys, extra, match):
     args = ["score", "--no-progress", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"),

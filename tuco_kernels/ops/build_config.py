@@ -1,0 +1,45 @@
+"""How csrc/ is compiled: sources, flags and the source hash. Standard library only.
+
+One definition for both builds: setup.py (ahead of time, ``tuco_kernels._C``) loads this file by path,
+and the JIT fallback (:mod:`tuco_kernels.ops.extension`) imports it. The hash of the sources is compiled
+into the binary (``torch.ops.tuco.build_info()``) and written beside it, so a build older than its
+sources is detected instead of being used silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+CPU_SOURCES = ("registration.cpp", "fused_update_cpu.cpp")
+CUDA_SOURCES = ("fused_update_cuda.cu",)
+MODULE_SOURCE = "module.cpp"          # the Python module stub; only the setup.py build needs it
+BUILD_INFO_FILE = Path(__file__).resolve().parents[1] / "_build_info.py"
+
+# -ffp-contract=off: alpha*FTC is rounded before the add, as in the eager reference (bit-exact fp32).
+CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
+NVCC_FLAGS = ["-O3", "--fmad=false", "-std=c++20"]
+LINK_FLAGS = ["-fopenmp"]
+
+
+def csrc_hash(csrc: Path = CSRC) -> str | None:
+    """16 hex digits over every file in csrc/ (names and bytes); None when csrc/ is not shipped."""
+    if not csrc.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in csrc.iterdir() if p.suffix in {".cpp", ".cu", ".h", ".cuh"}):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def hash_define(source_hash: str | None) -> str:
+    return f"-DTUCO_CSRC_HASH={source_hash or 'unknown'}"
+
+
+def write_build_info(source_hash: str | None, with_cuda: bool, why_no_cuda: str) -> None:
+    """Record what setup.py compiled, beside the package (read before tuco_kernels._C is imported)."""
+    BUILD_INFO_FILE.write_text(
+        '"""Written by setup.py when it built tuco_kernels._C; do not edit."""\n'
+        f"CSRC_HASH = {source_hash!r}\nWITH_CUDA = {with_cuda!r}\nWHY_NO_CUDA = {why_no_cuda!r}\n",
+        encoding="utf-8")
