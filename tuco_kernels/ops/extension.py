@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,14 @@ def _try_prebuilt(source_hash: str | None) -> ExtensionState | str:
     return ExtensionState(True, how, with_cuda)
 
 
+def _first_error(exc: Exception) -> str:
+    """The informative line of a failed build (compiler errors come after ninja's command lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    telling = [line for line in lines if re.search(r"error|not found|no such file", line, re.IGNORECASE)
+               and not line.startswith("Error building extension")]
+    return (telling or lines or [type(exc).__name__])[0]
+
+
 def _jit_build(source_hash: str, reason: str) -> ExtensionState:
     from torch.utils import cpp_extension
 
@@ -102,11 +111,11 @@ def _jit_build(source_hash: str, reason: str) -> ExtensionState:
         cpp_extension.load(
             name=f"tuco_ops_{source_hash}", sources=sources, build_directory=str(directory),
             extra_cflags=build_config.CXX_FLAGS + defines, extra_ldflags=build_config.LINK_FLAGS,
-            extra_cuda_cflags=build_config.NVCC_FLAGS + defines, is_python_module=False, verbose=False)
+            extra_cuda_cflags=build_config.NVCC_FLAGS + defines, is_python_module=False,
+            verbose=os.environ.get("TUCO_JIT_VERBOSE") == "1")
     except Exception as exc:  # a compiler error, a missing compiler or ninja: report, never crash the caller
-        detail = str(exc).strip().splitlines()
-        return ExtensionState(False, f"{reason}, and the JIT build in {directory} failed: "
-                                     f"{detail[-1] if detail else type(exc).__name__}")
+        return ExtensionState(False, f"{reason}, and the JIT build in {directory} failed: {_first_error(exc)} "
+                                     "(TUCO_JIT_VERBOSE=1 shows the whole build)")
     how = f"JIT build of csrc/ in {directory} ({reason})"
     if not with_cuda:
         how += "; CPU only"

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["fused_update_triton", "launch_config"]
+__all__ = ["compile_options", "fused_update_triton", "launch_config"]
 
 
 def _interpreting() -> bool:
@@ -103,6 +103,11 @@ def launch_config(d: int, element_size: int) -> tuple[int, int]:
     return block, max(1, min(16, block * element_size // (32 * 16)))
 
 
+def compile_options(num_warps: int) -> dict:
+    """GPU compile options. No FMA contraction: α·FTC is rounded before the add, as in the reference."""
+    return {"num_warps": num_warps, "enable_fp_fusion": False}
+
+
 @functools.cache
 def _registered_op():
     from torch.library import triton_op, wrap_triton
@@ -110,18 +115,18 @@ def _registered_op():
     @triton_op("tuco::fused_update_triton", mutates_args={"acc_ptc", "acc_ftc", "out", "norms"})
     def fused_update_triton_op(x: torch.Tensor, out_pt: torch.Tensor, out_ft: torch.Tensor, alpha: float,
                                last_idx: torch.Tensor, acc_ptc: torch.Tensor, acc_ftc: torch.Tensor,
-                               out: torch.Tensor, norms: torch.Tensor | None) -> None:
+                               out: torch.Tensor, norms: torch.Tensor | None, write_out: bool) -> None:
         B, T, d = x.shape
         if B * T == 0 or d == 0:
             return
         block, warps = launch_config(d, x.element_size())
         alpha_one = alpha == 1.0
         interpreting = _interpreting()
-        options = {} if interpreting else {"num_warps": warps, "enable_fp_fusion": False}
+        options = {} if interpreting else compile_options(warps)
         wrap_triton(_fused_update_kernel)[(B * T,)](
             x, out_pt, out_ft, out, last_idx, acc_ptc, acc_ftc, acc_ptc if norms is None else norms,
             float(alpha), T, d,
-            ALPHA_ONE=alpha_one, WRITE_OUT=not (alpha_one and out.data_ptr() == out_ft.data_ptr()),
+            ALPHA_ONE=alpha_one, WRITE_OUT=write_out,
             ALL_TOKENS=acc_ptc.dim() == 3, HAS_NORMS=norms is not None,
             ROUND_BF16=interpreting and x.dtype == torch.bfloat16, BLOCK_D=block, **options)
 
@@ -129,5 +134,10 @@ def _registered_op():
 
 
 def fused_update_triton(x, out_pt, out_ft, alpha, last_idx, acc_ptc, acc_ftc, out, norms) -> None:
-    """Host entry: arguments already checked and contiguous (see tuco_kernels.ops.fused_update)."""
-    _registered_op()(x, out_pt, out_ft, float(alpha), last_idx, acc_ptc, acc_ftc, out, norms)
+    """Host entry: arguments already checked and contiguous (see tuco_kernels.ops.fused_update).
+
+    With α = 1 and ``out`` being ``out_ft`` itself there is nothing to write (decided here, in eager
+    code: the registered op cannot look at data pointers while torch.compile traces it).
+    """
+    write_out = not (float(alpha) == 1.0 and out.data_ptr() == out_ft.data_ptr())
+    _registered_op()(x, out_pt, out_ft, float(alpha), last_idx, acc_ptc, acc_ftc, out, norms, write_out)

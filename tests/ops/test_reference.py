@@ -1,4 +1,4 @@
-"""The fused-update contract (ops.fused_update through the dispatch) against a plain per-row loop."""
+"""The eager reference (the oracle every backend is tested against) against a float64 loop over rows."""
 
 import pytest
 import torch
@@ -28,8 +28,9 @@ def loop_oracle(x, pt, ft, alpha, last, acc_p, acc_f, all_tokens):
     return nxt, acc_p, acc_f, norms
 
 
-TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=1e-2),
-       torch.float16: dict(atol=2e-3, rtol=1e-3)}
+# x_{l+1} is rounded once to the input dtype: within one rounding (half an ulp, relative) of the exact value.
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2 ** -8),
+       torch.float16: dict(atol=2e-3, rtol=2 ** -11)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -45,7 +46,7 @@ def test_fused_update_matches_loop(dtype, shape, alpha, all_tokens):
     exp_next, exp_p, exp_f, exp_norms = loop_oracle(x, pt, ft, alpha, last, acc_p, acc_f, all_tokens)
     out = torch.full_like(x, float("nan"))                # poisoned: an unwritten element fails
     norms = torch.full((B, 4), float("nan"))
-    got = ops.fused_update(x, pt, ft, alpha, last, acc_p, acc_f, out=out, norms=norms)
+    got = ops.fused_update(x, pt, ft, alpha, last, acc_p, acc_f, out=out, norms=norms, backend="torch")
     assert got.data_ptr() == out.data_ptr() and got.dtype == dtype
     torch.testing.assert_close(got.double(), exp_next, **TOL[dtype])
     torch.testing.assert_close(acc_p.double(), exp_p, atol=1e-5, rtol=1e-5)
@@ -55,25 +56,3 @@ def test_fused_update_matches_loop(dtype, shape, alpha, all_tokens):
         assert torch.equal(got, ft)                       # α = 1 is the fine-tuned forward, bit-exact
     if alpha == 0.0:
         assert torch.equal(got, pt)
-
-
-def test_fused_update_rejects_bad_arguments():
-    x = torch.randn(2, 3, 4)
-    acc = torch.zeros(2, 4)
-    last = torch.tensor([2, 1])
-    with pytest.raises(ValueError, match="share one"):
-        ops.fused_update(x, x[:, :2], x, 1.0, last, acc, acc.clone())
-    with pytest.raises(ValueError, match="last_idx must be int64"):
-        ops.fused_update(x, x, x, 1.0, last.int(), acc, acc.clone())
-    with pytest.raises(ValueError, match="acc_ptc must be fp32"):
-        ops.fused_update(x, x, x, 1.0, last, acc.double(), acc.clone())
-    with pytest.raises(ValueError, match="norms must be fp32"):
-        ops.fused_update(x, x, x, 1.0, last, acc, acc.clone(), norms=torch.zeros(2, 3))
-    with pytest.raises(TucoError, match="unknown kernel backend 'nope'"):
-        ops.fused_update(x, x, x, 1.0, last, acc, acc.clone(), backend="nope")
-
-
-def test_backend_listing():
-    assert "torch" in ops.available_backends()
-    status = ops.backend_status()
-    assert status["torch"] == "available" and set(status) == {"triton", "cuda", "cpu", "torch"}
