@@ -16,12 +16,14 @@ $(STAMP):
 	rm -f .venv/.installed-* && touch $(STAMP)
 
 test: venv
-	$(PY) -m pytest tests -q -rs --benchmark-disable
+	$(PY) -m pytest tests bench -q -rs --benchmark-disable
 
 demo: venv
 	$(PY) python/demo.py
 
 bench: venv
+	$(PY) -m pytest bench -q -rs
+	$(PY) bench/kernels.py
 	$(PY) bench/engine_overhead.py
 
 clean:

@@ -10,43 +10,13 @@ comparison: the engine computes no logits at all. Appends a row to bench/results
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import os
-import platform
-import time
-from pathlib import Path
 
 import torch
-import transformers
+from common import append_rows, provenance, time_call
 
 import tuco_kernels as tk
 from tuco_kernels.engine import decompose_batch
 from tuco_kernels.tiny import build_model, perturbed_copy, tiny_config
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def main():
@@ -71,27 +41,25 @@ def main():
     ids = torch.randint(3, args.vocab, (args.batch, args.seq), device=args.device)
     mask = torch.ones_like(ids)
     mask[1::2, : args.seq // 4] = 0  # half the rows left-padded, as in real batches
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     @torch.no_grad()
     def hf_forward():
         ft(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
-        sync()
 
     def tuco_score():
         decompose_batch(pair, ids, mask, [1.0] * pair.n_layers)
-        sync()
 
     # interleave the two measurements to share any drift in machine load
     t_hf, t_tuco = [], []
     for _ in range(3):
-        t_hf.append(best_time(hf_forward, args.repeats))
-        t_tuco.append(best_time(tuco_score, args.repeats))
+        t_hf.append(time_call(hf_forward, args.device, args.repeats, reducer=min))
+        t_tuco.append(time_call(tuco_score, args.device, args.repeats, reducer=min))
     t_hf, t_tuco = min(t_hf), min(t_tuco)
     ratio = t_tuco / t_hf
     tokens = int(mask.sum())
-    row = dict(date=datetime.date.today().isoformat(), device=machine(), torch=torch.__version__,
-               transformers=transformers.__version__, backend=tk.ops.resolve_backend(), dtype=args.dtype,
+    info = provenance(args.device)
+    row = dict(date=info["date"], device=info["device"], torch=info["torch"], transformers=info["transformers"],
+               backend=tk.ops.resolve_backend(None, args.device), dtype=args.dtype,
                hidden=args.hidden, layers=args.layers, batch=args.batch, seq=args.seq,
                hf_forward_ms=round(t_hf * 1e3, 2), tuco_ms=round(t_tuco * 1e3, 2), ratio=round(ratio, 3),
                tuco_tokens_per_s=round(tokens / t_tuco))
@@ -100,13 +68,7 @@ def main():
     print(f"HF forward (fine-tuned only): {t_hf * 1e3:8.1f} ms")
     print(f"TuCo score (both models):     {t_tuco * 1e3:8.1f} ms   ({row['tuco_tokens_per_s']} tokens/s)")
     print(f"ratio: {ratio:.2f}×   (floor 2.0, target ≤ 2.3)")
-    out = Path(__file__).resolve().parent / "results" / "engine_overhead.csv"
-    new = not out.exists()
-    with out.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    append_rows("engine_overhead", [row])
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 import tuco_kernels as tk
 from tuco_kernels.cli import main
@@ -139,6 +140,10 @@ def test_steer_and_info_commands(tmp_path, models):
     assert all(isinstance(r["text"], str) for r in rows)
     info = subprocess.run([sys.executable, "-m", "tuco_kernels.cli", "info"], capture_output=True, text=True)
     assert info.returncode == 0 and "backend torch   available" in info.stdout and "transformers" in info.stdout
+    assert "compiled ops    tuco_kernels._C (built by setup.py)" in info.stdout or "JIT build" in info.stdout
+    if not torch.cuda.is_available():
+        assert "backend cuda    torch built without CUDA" in info.stdout or "no CUDA device" in info.stdout
+        assert "backend cpu     available" in info.stdout and "default on cpu  cpu" in info.stdout
 
 
 def test_console_script_runs(tmp_path, models):

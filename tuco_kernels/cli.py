@@ -143,7 +143,10 @@ def cmd_info(_args) -> int:
              ("cuda", torch.cuda.get_device_name(0) if torch.cuda.is_available() else
               f"not available (torch built {'with CUDA ' + torch.version.cuda if torch.version.cuda else 'without CUDA'})"),
              ("families", ", ".join(SUPPORTED))]
-    lines += [(f"backend {name}", status) for name, status in ops.backend_status().items()]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lines.append(("compiled ops", ops.extension.load().how))
+    lines += [(f"backend {name}", status) for name, status in ops.backend_status(device).items()]
+    lines.append((f"default on {device}", ops.resolve_backend(None, device)))
     width = max(len(k) for k, _ in lines)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in lines))
     return 0

@@ -1,7 +1,7 @@
 """GPU code that cannot run here is at least compiled here, so that an error in it cannot land unseen.
 
 - csrc/*.cu: nvcc compile-only against the CPU torch wheel's headers (toolchain.md §4: a stub for the one
-  generated header the CPU wheel lacks), for sm_90, keeping the PTX to check that no FMA contraction
+  generated header the CPU wheel lacks), with the flags cpp_extension itself passes, for sm_90, keeping the PTX to check that no FMA contraction
   crept into the arithmetic (it would break bit-exactness with the reference).
 - the Triton kernel: compiled ahead of time for sm_90 (and sm_80) with the launch's own options; its PTX
   must have 16-byte vector loads and stores, and no fma.
@@ -24,14 +24,14 @@ NVCC = shutil.which("nvcc")
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources are not compile-checked here")
 @pytest.mark.parametrize("source", build_config.CUDA_SOURCES)
 def test_cuda_sources_compile_with_nvcc(source, tmp_path):
-    from torch.utils.cpp_extension import include_paths
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 
     stub = tmp_path / "stub" / "c10" / "cuda" / "impl"
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
     keep = tmp_path / "keep"
     keep.mkdir()
-    cmd = [NVCC, *build_config.NVCC_FLAGS, "-gencode", "arch=compute_90,code=sm_90", "-Xcompiler", "-fPIC",
+    cmd = [NVCC, *COMMON_NVCC_FLAGS, *build_config.NVCC_FLAGS, "-std=c++20", "-gencode", "arch=compute_90,code=sm_90", "-Xcompiler", "-fPIC",
            f"-I{tmp_path / 'stub'}", *[a for p in include_paths() for a in ("-isystem", p)],
            build_config.hash_define("test"), "--keep", f"--keep-dir={keep}",
            "-c", str(build_config.CSRC / source), "-o", str(tmp_path / "op.o")]

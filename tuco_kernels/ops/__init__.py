@@ -13,6 +13,7 @@ then the Triton interpreter when TRITON_INTERPRET=1); ``backend=`` or ``TUCO_BAC
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -69,8 +70,15 @@ def backend_status(device: torch.device | str | None = None) -> dict[str, str]:
     May compile the C++ ops on first call (see :mod:`tuco_kernels.ops.extension`).
     """
     device = torch.device(device) if device is not None else _default_device()
-    return {"triton": _triton_status(device), "cuda": _compiled_status("cuda", device),
-            "cpu": _compiled_status("cpu", device), "torch": "available"}
+    return dict(_status_of(device.type, os.environ.get("TRITON_INTERPRET")))
+
+
+@functools.lru_cache(maxsize=None)
+def _status_of(device_type: str, triton_interpret: str | None) -> tuple[tuple[str, str], ...]:
+    """Cached per device type and interpreter setting: the dispatch runs once per layer and batch."""
+    device = torch.device(device_type)
+    return (("triton", _triton_status(device)), ("cuda", _compiled_status("cuda", device)),
+            ("cpu", _compiled_status("cpu", device)), ("torch", "available"))
 
 
 def available_backends(device: torch.device | str | None = None) -> tuple[str, ...]:
