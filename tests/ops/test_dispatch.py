@@ -86,3 +86,18 @@ def test_torch_backend_matches_reference_call():
     pt, ft = torch.randn_like(x), torch.randn_like(x)
     out = ops.fused_update(x, pt, ft, 0.5, last, acc, acc.clone(), backend="torch")
     assert torch.equal(out, (pt + 0.5 * (ft - pt)))
+
+
+def test_only_the_dispatch_calls_a_backend():
+    """Outside tuco_kernels/ops/, the package reaches the kernels through ops.fused_update only."""
+    from pathlib import Path
+
+    import tuco_kernels
+
+    root = Path(tuco_kernels.__file__).parent
+    direct = ("torch.ops.tuco", "fused_update_reference", "fused_update_triton", "tuco_kernels._C")
+    offenders = [f"{path.relative_to(root)}: {name}" for path in root.rglob("*.py")
+                 if "ops" not in path.parts and path.name != "_build_info.py"   # written by setup.py
+                 for name in direct if name in path.read_text()]
+    assert offenders == []
+    assert "ops.fused_update(" in (root / "engine.py").read_text()
