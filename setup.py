@@ -56,7 +56,7 @@ def compiled_extensions():
     else:
         ext = cpp_extension.CppExtension("tuco_kernels._C", sources, extra_compile_args={"cxx": cxx},
                                          extra_link_args=cfg.LINK_FLAGS)
-    cfg.write_build_info(source_hash, with_cuda, "" if with_cuda else why_no_cuda)
+    cfg.write_build_info(source_hash, "" if with_cuda else why_no_cuda)
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 

@@ -163,11 +163,11 @@ def fused_update(x: torch.Tensor, out_pt: torch.Tensor, out_ft: torch.Tensor, al
     if chosen == "torch":
         fused_update_reference(x, out_pt, out_ft, alpha, last_idx, acc_ptc, acc_ftc, out=out, norms=norms)
         return out
-    x, out_pt, out_ft = x.contiguous(), out_pt.contiguous(), out_ft.contiguous()
+    x, out_pt, out_ft, last_idx = (t.contiguous() for t in (x, out_pt, out_ft, last_idx))  # no-ops normally
     if chosen == "triton":
         from .fused_update_triton import fused_update_triton  # imports triton: only when it runs
 
         fused_update_triton(x, out_pt, out_ft, alpha, last_idx, acc_ptc, acc_ftc, out, norms)
     else:  # "cpu" and "cuda": one op, dispatched by torch on the tensors' device
-        torch.ops.tuco.fused_update(x, out_pt, out_ft, alpha, last_idx.contiguous(), acc_ptc, acc_ftc, out, norms)
+        torch.ops.tuco.fused_update(x, out_pt, out_ft, alpha, last_idx, acc_ptc, acc_ftc, out, norms)
     return out

@@ -37,9 +37,13 @@ def hash_define(source_hash: str | None) -> str:
     return f"-DTUCO_CSRC_HASH={source_hash or 'unknown'}"
 
 
-def write_build_info(source_hash: str | None, with_cuda: bool, why_no_cuda: str) -> None:
-    """Record what setup.py compiled, beside the package (read before tuco_kernels._C is imported)."""
+def write_build_info(source_hash: str | None, why_no_cuda: str) -> None:
+    """Record what setup.py compiled, beside the package (read before tuco_kernels._C is imported).
+
+    Whether the binary has CUDA kernels is read from the binary itself (``torch.ops.tuco.build_info()``);
+    this file keeps only what the binary cannot say: the source hash to compare before importing it, and
+    why CUDA was left out.
+    """
     BUILD_INFO_FILE.write_text(
         '"""Written by setup.py when it built tuco_kernels._C; do not edit."""\n'
-        f"CSRC_HASH = {source_hash!r}\nWITH_CUDA = {with_cuda!r}\nWHY_NO_CUDA = {why_no_cuda!r}\n",
-        encoding="utf-8")
+        f"CSRC_HASH = {source_hash!r}\nWHY_NO_CUDA = {why_no_cuda!r}\n", encoding="utf-8")

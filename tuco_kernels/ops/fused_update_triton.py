@@ -95,7 +95,6 @@ def _fused_update_kernel(x_ptr, pt_ptr, ft_ptr, out_ptr, last_ptr, acc_ptc_ptr, 
         tl.store(norms_ptr + b * 4 + 3, tl.sum(n_acc_f, axis=0), mask=is_last)
 
 
-
 def launch_config(d: int, element_size: int) -> tuple[int, int]:
     """(BLOCK_D, num_warps): one row per program, ≤ 8 KiB of each input per chunk, 16-byte accesses."""
     block = 1 << max(0, (d - 1).bit_length())
