@@ -19,8 +19,7 @@ Under TRITON_INTERPRET=1 (CPU tests) the bf16 store truncates instead of roundin
 there the kernel rounds by hand (:func:`_round_to_bf16_rne`).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.library.triton_op reads the annotations as types.
 import functools
 import os
 
