@@ -147,3 +147,19 @@ def test_result_exports(llama_pair):
     assert set(rec) == {"id", "tuco", "preco", "n_tokens", "output_co", "ptc_l1", "ftc_l1", "beta", "token_tuco"}
     assert len(rec["token_tuco"]) == rec["n_tokens"] and len(rec["beta"]) == llama_pair.n_layers
     assert "TuCoResult(n=4" in repr(r)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_pair_is_the_model_hf_loads(saved, tokenizer, dtype):
+    """α = 1 logits equal those of HF's own ``from_pretrained(dtype=...)``: loading must not cast the fp32
+    rotary buffers (inv_freq) that HF keeps in fp32."""
+    from transformers import AutoModelForCausalLM
+
+    pair = tk.load_pair(saved / "pt", saved / "ft", dtype=dtype)
+    hf = AutoModelForCausalLM.from_pretrained(saved / "ft", dtype=getattr(torch, dtype)).eval()
+    assert {n: b.dtype for n, b in pair.finetuned.named_buffers()} == {n: b.dtype for n, b in hf.named_buffers()}
+    logp = tk.steer(pair, PROMPTS, batch_tokens=1)  # unpadded, like the HF calls below
+    for i, p in enumerate(PROMPTS):
+        ids = torch.tensor([tokenizer(p)["input_ids"]])
+        torch.testing.assert_close(logp[i], torch.log_softmax(hf(input_ids=ids).logits[0, -1].float(), -1),
+                                   atol=0, rtol=0)

@@ -204,9 +204,19 @@ def check_compatible(pt, ft, pt_tokenizer=None, ft_tokenizer=None) -> Family:
     return family
 
 
+def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast floating parameters only, in place. ``model.to(dtype)`` would also cast buffers such as the rotary
+    ``inv_freq``, which HF keeps in fp32 when it loads a bf16/fp16 checkpoint; the rotary angles would then
+    differ from the model HF itself builds."""
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    return model
+
+
 def _prepare(model, dtype, device):
     if dtype is not None:
-        model = model.to(dtype)
+        model = cast_parameters(model, dtype)
     if device is not None:
         model = model.to(device)
     model.eval()
