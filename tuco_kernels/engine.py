@@ -49,6 +49,7 @@ class BatchDecomposition:
     acc_ftc: torch.Tensor               # [B, d] fp32: Σ_l FTC_l[last]
     layer_norms: torch.Tensor | None    # [B, L, 4] fp32: |PTC_l|₁, |FTC_l|₁, |Σ_{≤l} PTC|₁, |Σ_{≤l} FTC|₁
     x_final: torch.Tensor | None        # [B, T, d] model dtype: x_L (pre final norm)
+    x_pt_final: torch.Tensor | None = None  # [B, T, d]: the pre-trained model's own x_L (OutputCo)
 
     def sums_at_last(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.acc_ptc.dim() == 3:
@@ -57,34 +58,96 @@ class BatchDecomposition:
         return self.acc_ptc, self.acc_ftc
 
 
+class _Rows:
+    """One micro-batch's state while a sweep walks the layers: its stream x_l, call arguments, sums."""
+
+    def __init__(self, pair, input_ids, attention_mask, *, layers, token_map, own_pt, spill):
+        device = pair.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        rec = capture(pair.finetuned, pair.family.layers(pair.finetuned), input_ids, attention_mask)
+        B, T, d = rec.x0.shape
+        self.kwargs = rec.block_kwargs
+        self.last_idx = last_token_index(attention_mask)
+        shape = (B, T, d) if token_map else (B, d)
+        self.acc_ptc = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.acc_ftc = torch.zeros_like(self.acc_ptc)
+        self.norms = torch.zeros((len(self.kwargs), B, 4), dtype=torch.float32, device=device) if layers else None
+        self.spill = spill
+        self.x = _to_host(rec.x0) if spill else rec.x0
+        self.x_pt = self.kwargs_pt = None
+        if own_pt:
+            pt = pair.pretrained_frame()
+            rec_pt = capture(pt, pair.family.layers(pt), input_ids, attention_mask)
+            self.x_pt, self.kwargs_pt = (_to_host(rec_pt.x0) if spill else rec_pt.x0), rec_pt.block_kwargs
+
+    def step(self, l: int, run_pt, run_ft, alpha: float, backend, device):
+        """Layer l on this micro-batch: both blocks on x_l, then the fused update writes x_{l+1} over x_l."""
+        x = self.x.to(device, non_blocking=True) if self.spill else self.x
+        out_pt = run_pt(x, **self.kwargs[l])
+        out_ft = run_ft(x, **self.kwargs[l])
+        norms = self.norms[l] if self.norms is not None else None
+        ops.fused_update(x, out_pt, out_ft, alpha, self.last_idx, self.acc_ptc, self.acc_ftc, out=x, norms=norms,
+                         backend=backend)
+        if self.spill:
+            self.x.copy_(x, non_blocking=True)
+        if self.x_pt is not None:
+            x_pt = self.x_pt.to(device, non_blocking=True) if self.spill else self.x_pt
+            x_pt = run_pt(x_pt, **self.kwargs_pt[l])
+            self.x_pt = self.x_pt.copy_(x_pt, non_blocking=True) if self.spill else x_pt
+
+    def finish(self, keep_final: bool) -> BatchDecomposition:
+        norms = self.norms.transpose(0, 1).contiguous() if self.norms is not None else None
+        return BatchDecomposition(self.last_idx, self.acc_ptc, self.acc_ftc, norms, self.x if keep_final else None,
+                                  self.x_pt)
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """A pinned host copy of a device tensor (the spill of a sweep's hidden states past the device budget)."""
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
+    return host.copy_(t)
+
+
+def _resident_layers(pair):
+    for l, (pt_block, ft_block) in enumerate(zip(pair.family.layers(pair.pretrained),
+                                                 pair.family.layers(pair.finetuned))):
+        yield l, pt_block, ft_block
+
+
+def layer_weights(pair, profile=None):
+    """(l, run_pt, run_ft) per layer: the resident blocks, or the streamer's skeleton with each model's weights."""
+    if pair.streamer is None:
+        return _resident_layers(pair)
+    return pair.streamer.layers(profile)
+
+
+@torch.no_grad()
+def decompose_sweep(pair, batches, alphas: list[float], *, layers: bool = False, token_map: bool = False,
+                    keep_final: bool = False, own_pt: bool = False, spill: bool = False,
+                    backend: str | None = None, profile=None, on_layer=None) -> list[BatchDecomposition]:
+    """Layer-major over micro-batches: each layer's weights are fetched once and every batch runs through it.
+
+    ``batches`` are (input_ids, attention_mask) pairs. One batch is the prompt-major step; both schedules
+    run this same code, so they give the same numbers. ``spill`` keeps the hidden states in pinned host
+    memory between layers; ``own_pt`` also runs the pre-trained model's own stream (OutputCo).
+    """
+    device = pair.device
+    rows = [_Rows(pair, ids, mask, layers=layers, token_map=token_map, own_pt=own_pt, spill=spill)
+            for ids, mask in batches]
+    for l, run_pt, run_ft in layer_weights(pair, profile):
+        for r in rows:
+            r.step(l, run_pt, run_ft, alphas[l], backend, device)
+        if on_layer is not None:
+            on_layer(l)
+    return [r.finish(keep_final) for r in rows]
+
+
 @torch.no_grad()
 def decompose_batch(pair, input_ids: torch.Tensor, attention_mask: torch.Tensor, alphas: list[float], *,
                     layers: bool = False, token_map: bool = False, keep_final: bool = False,
                     backend: str | None = None) -> BatchDecomposition:
     """Run one padded batch through both models layer by layer; see the module docstring."""
-    device = pair.device
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    pt_layers, ft_layers = pair.family.layers(pair.pretrained), pair.family.layers(pair.finetuned)
-    rec = capture(pair.finetuned, ft_layers, input_ids, attention_mask)
-
-    x = rec.x0
-    B, T, d = x.shape
-    last_idx = last_token_index(attention_mask)
-    acc_shape = (B, T, d) if token_map else (B, d)
-    acc_ptc = torch.zeros(acc_shape, dtype=torch.float32, device=device)
-    acc_ftc = torch.zeros_like(acc_ptc)
-    norms = torch.zeros((B, len(ft_layers), 4), dtype=torch.float32, device=device) if layers else None
-    spare = torch.empty_like(x)
-    for l, (pt_block, ft_block, kwargs) in enumerate(zip(pt_layers, ft_layers, rec.block_kwargs)):
-        out_pt = pt_block(x, **kwargs)
-        out_ft = ft_block(x, **kwargs)
-        layer_norms = torch.empty((B, 4), dtype=torch.float32, device=device) if layers else None
-        nxt = ops.fused_update(x, out_pt, out_ft, alphas[l], last_idx, acc_ptc, acc_ftc,
-                               out=spare, norms=layer_norms, backend=backend)
-        if layers:
-            norms[:, l] = layer_norms
-        spare, x = x, nxt  # x_l is dead now: its buffer receives x_{l+2}
-    return BatchDecomposition(last_idx, acc_ptc, acc_ftc, norms, x if keep_final else None)
+    return decompose_sweep(pair, [(input_ids, attention_mask)], alphas, layers=layers, token_map=token_map,
+                           keep_final=keep_final, backend=backend)[0]
 
 
 @torch.no_grad()

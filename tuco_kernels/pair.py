@@ -29,12 +29,21 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float
 
 @dataclass
 class ModelPair:
-    """The two models (eval mode, same dtype and device), the fine-tuned tokenizer and the family."""
+    """The two models (eval mode, same dtype and device), the fine-tuned tokenizer and the family.
+
+    With ``offload="cpu"`` or ``"disk"`` the two models are frames (skeleton.py): the decoder blocks hold no
+    weights (meta) and ``streamer`` brings each layer's weights of both models to the device in turn; the
+    fine-tuned frame's embedding, final norm and head are loaded, the pre-trained frame's only on demand
+    (``pretrained_frame``, for OutputCo).
+    """
 
     pretrained: torch.nn.Module
     finetuned: torch.nn.Module
     tokenizer: object | None
     family: Family
+    offload: str = "none"
+    streamer: object | None = None
+    _materialize_pretrained: object | None = None
 
     @property
     def n_layers(self) -> int:
@@ -42,19 +51,32 @@ class ModelPair:
 
     @property
     def device(self) -> torch.device:
-        return next(self.finetuned.parameters()).device
+        return self.finetuned.get_input_embeddings().weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.finetuned.parameters()).dtype
+        return self.finetuned.get_input_embeddings().weight.dtype
+
+    def pretrained_frame(self) -> torch.nn.Module:
+        """The pre-trained model with (at least) its embedding, final norm and head in memory."""
+        if self._materialize_pretrained is not None:
+            self._materialize_pretrained()
+            self._materialize_pretrained = None
+        return self.pretrained
+
+    def close(self) -> None:
+        """Stop the streamer's reader thread and close its files (streamed pairs; a no-op otherwise)."""
+        if self.streamer is not None:
+            self.streamer.close()
 
     @property
     def vocab_size(self) -> int:
         return self.finetuned.get_input_embeddings().weight.shape[0]
 
     def __repr__(self) -> str:
+        offload = f", offload={self.offload}" if self.offload != "none" else ""
         return (f"ModelPair({self.family.model_type}, {self.n_layers} layers, d={self.finetuned.config.hidden_size}, "
-                f"{self.dtype}, {self.device})")
+                f"{self.dtype}, {self.device}{offload})")
 
 
 def parse_dtype(dtype) -> torch.dtype | None:
@@ -224,8 +246,12 @@ def _prepare(model, dtype, device):
     return model
 
 
+OFFLOAD_MODES = ("none", "cpu", "disk")
+
+
 def load_pair(pretrained, finetuned, *, tokenizer=None, dtype=None, device=None, gguf_file=None,
-              allow_pickle: bool = False, attn_implementation: str | None = None) -> ModelPair:
+              allow_pickle: bool = False, attn_implementation: str | None = None, offload: str | None = None,
+              max_gpu_memory=None, prefetch: bool = True) -> ModelPair:
     """Load and check a pre-trained / fine-tuned pair.
 
     Args:
@@ -237,9 +263,46 @@ def load_pair(pretrained, finetuned, *, tokenizer=None, dtype=None, device=None,
         device: where to put both models; default: where they are (CPU for paths).
         gguf_file: a GGUF file name inside the directories, one name for both or a (pre-trained, fine-tuned) pair.
         allow_pickle: permit ``*.bin`` weights (pickle can execute code; refused by default).
+        offload: where the decoder-block weights live. "none": both models on ``device``. "cpu": both models in
+            (pinned) host memory, each layer streamed to the device when it runs. "disk": nothing but the
+            fine-tuned embedding, final norm and head is loaded; each layer is read from the safetensors files
+            when it runs. Default: "none", or the mode that ``max_gpu_memory`` calls for.
+        max_gpu_memory: a device-memory budget ("8GiB", "24GB" or bytes) that chooses ``offload`` when it is
+            not given: "none" when both models fit with room to compute, else "cpu" when host memory holds
+            both, else "disk". Pass the same budget to :func:`score` to size its batches and sweeps.
+        prefetch: with offload, copy layer l+1 while layer l computes (False: the serial baseline).
     """
     dtype = parse_dtype(dtype)
     g_pt, g_ft = gguf_file if isinstance(gguf_file, (tuple, list)) else (gguf_file, gguf_file)
+    if offload is None:
+        from .plan import choose_offload
+
+        offload = choose_offload(pretrained, finetuned, max_gpu_memory, device, dtype, g_pt, g_ft)
+    if offload not in OFFLOAD_MODES:
+        raise TucoError(f"unknown offload mode {offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
+    if offload == "none":
+        return _load_resident(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
+                              g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
+    from .streamed_pair import load_streamed
+
+    return load_streamed(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
+                         g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation,
+                         offload=offload, prefetch=prefetch)
+
+
+def _tokenizers(tokenizer, pretrained, finetuned, g_pt, g_ft):
+    """(fine-tuned tokenizer, pre-trained tokenizer or None) as load_pair resolves them."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        return _load_tokenizer([tokenizer], [None]), None
+    if tokenizer is not None:
+        return tokenizer, None
+    ft_tok = _load_tokenizer([finetuned, pretrained], [g_ft, g_pt])
+    pt_tok = _load_tokenizer([pretrained], [g_pt]) if not _is_adapter_dir(finetuned) else None
+    return ft_tok, pt_tok
+
+
+def _load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft, allow_pickle,
+                   attn_implementation) -> ModelPair:
     load = dict(dtype=dtype, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
     if not isinstance(pretrained, torch.nn.Module) and not isinstance(finetuned, torch.nn.Module) \
             and not _is_adapter_dir(finetuned):
@@ -256,14 +319,7 @@ def load_pair(pretrained, finetuned, *, tokenizer=None, dtype=None, device=None,
     else:
         ft = _load_model(finetuned, gguf_file=g_ft, **load)
 
-    if isinstance(tokenizer, (str, os.PathLike)):
-        ft_tok = _load_tokenizer([tokenizer], [None])
-        pt_tok = None
-    elif tokenizer is not None:
-        ft_tok, pt_tok = tokenizer, None
-    else:
-        ft_tok = _load_tokenizer([finetuned, pretrained], [g_ft, g_pt])
-        pt_tok = _load_tokenizer([pretrained], [g_pt]) if not _is_adapter_dir(finetuned) else None
+    ft_tok, pt_tok = _tokenizers(tokenizer, pretrained, finetuned, g_pt, g_ft)
     family = check_compatible(pt, ft, pt_tok, ft_tok)
 
     target = dtype or next(ft.parameters()).dtype
