@@ -157,3 +157,23 @@ def test_console_script_runs(tmp_path, models):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "scoring" in proc.stderr and len(pd.read_parquet(out)) == len(PROMPTS)
+
+
+def test_score_with_offload_schedule_and_profile(tmp_path, tokenizer):
+    from tuco_kernels.cli import main
+
+    from .conftest import make_pair_models
+
+    pt, ft = make_pair_models("llama", tokenizer)
+    for name, model in (("pt", pt), ("ft", ft)):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    (tmp_path / "p.txt").write_text("Hello there\nCan you help me?\n")
+    base = ["score", "--pretrained", str(tmp_path / "pt"), "--finetuned", str(tmp_path / "ft"),
+            "--prompts", str(tmp_path / "p.txt"), "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "a.jsonl")]) == 0
+    assert main(base + ["--out", str(tmp_path / "b.jsonl"), "--offload", "disk", "--schedule", "layer",
+                        "--profile"]) == 0
+    a, b = ((tmp_path / f).read_text() for f in ("a.jsonl", "b.jsonl"))
+    assert a == b
+    assert main(base + ["--out", str(tmp_path / "c.jsonl"), "--max-gpu-memory", "lots"]) == 2

@@ -97,6 +97,10 @@ def _wrap_block(probe: Probe, l: int, ft_block, pt_block):
 def attach(ft_model, pt_model, alpha=1.0, *, backend: str | None = None):
     """Wrap ``ft_model``'s decoder blocks in place for the duration of the ``with`` block; yields a :class:`Probe`."""
     family = check_compatible(pt_model, ft_model)
+    for side, model in (("fine-tuned", ft_model), ("pre-trained", pt_model)):
+        if any(p.is_meta for p in family.layers(model).parameters()):
+            raise TucoError(f"the {side} model's decoder blocks hold no weights (a streamed pair's frame, "
+                            f"offload='cpu'/'disk'); attach needs resident models (offload='none')")
     ft_blocks, pt_blocks = family.layers(ft_model), family.layers(pt_model)
     if any("forward" in vars(b) for b in ft_blocks):
         raise TucoError("the fine-tuned model's blocks are already wrapped (nested attach?)")

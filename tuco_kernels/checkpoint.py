@@ -113,6 +113,7 @@ class Checkpoint(TensorSource):
     """Every tensor of a safetensors checkpoint directory (one file or shards listed by an index)."""
 
     def __init__(self, directory: Path, file_name: str | None = None):
+        self._fds: dict[Path, int] = {}
         self.directory = Path(directory)
         self.where = str(self.directory / (file_name or ""))
         index = self.directory / "model.safetensors.index.json"
@@ -143,7 +144,6 @@ class Checkpoint(TensorSource):
             if missing:
                 raise TucoError(f"{index}: tensor {missing[0]!r} is listed in {weight_map[missing[0]]} but not "
                                 f"stored there")
-        self._fds: dict[Path, int] = {}
         self._scratch = torch.empty(0, dtype=torch.uint8)
 
     def names(self) -> list[str]:

@@ -24,6 +24,11 @@ def _add_model_args(p: argparse.ArgumentParser):
     p.add_argument("--system-prompt", help="system message for chat prompts")
     p.add_argument("--batch-tokens", type=int, default=4096, help="rows × padded length per batch (default 4096)")
     p.add_argument("--backend", help="force a kernel backend (see `tuco info`)")
+    p.add_argument("--offload", choices=("none", "cpu", "disk"),
+                   help="where block weights live: none (on the device), cpu (pinned host memory, streamed per layer), "
+                        "disk (read per layer from the safetensors files); default: none, or what --max-gpu-memory needs")
+    p.add_argument("--max-gpu-memory", help="device memory budget, e.g. 8GiB: picks --offload and sizes batches")
+    p.add_argument("--no-prefetch", action="store_true", help="with offload: copy each layer only when it runs")
 
 
 def _alpha(text: str):
@@ -46,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", action="store_true", help="also write per-layer ptc_l1, ftc_l1 and beta")
     s.add_argument("--output-co", action="store_true", help="also write the OutputCo baseline")
     s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    s.add_argument("--schedule", choices=("prompt", "layer"),
+                   help="prompt: all layers per batch; layer: all batches per layer, weights fetched once per sweep "
+                        "(default: layer with --offload, else prompt)")
+    s.add_argument("--sweep-tokens", type=int, help="cap on the tokens of one layer-major sweep")
+    s.add_argument("--profile", action="store_true", help="print time in weight copies vs compute, GB/s and overlap")
 
     g = sub.add_parser("steer", help="generate under FTC α-scaling")
     _add_model_args(g)
@@ -74,7 +84,8 @@ def _load(args):
 
     prompts = read_prompt_file(args.prompts)  # validate the input before loading any weights
     pair = load_pair(args.pretrained, args.finetuned, tokenizer=args.tokenizer, dtype=args.dtype,
-                     device=_default_device(args.device), allow_pickle=args.allow_pickle)
+                     device=_default_device(args.device), allow_pickle=args.allow_pickle, offload=args.offload,
+                     max_gpu_memory=args.max_gpu_memory, prefetch=not args.no_prefetch)
     return pair, prompts
 
 
@@ -87,7 +98,9 @@ def cmd_score(args) -> int:
     print(f"tuco: {pair}; {len(prompts)} prompts from {args.prompts}", file=sys.stderr)
     result = score(pair, prompts, alpha=args.alpha, chat=args.chat, system_prompt=args.system_prompt,
                    batch_tokens=args.batch_tokens, layers=args.layers, output_co=args.output_co,
-                   progress=not args.no_progress, backend=args.backend)
+                   progress=not args.no_progress, backend=args.backend, schedule=args.schedule,
+                   max_gpu_memory=args.max_gpu_memory, sweep_tokens=args.sweep_tokens, profile=args.profile)
+    pair.close()
     write_records(result.to_records(), args.out)
     s = result.summary()
     rows = [("prompts", f"{s['n']}"), ("TuCo mean ± sd", f"{s['tuco_mean']:.4f} ± {s['tuco_sd']:.4f}"),
@@ -95,6 +108,12 @@ def cmd_score(args) -> int:
             ("tokens per prompt (mean)", f"{s['tokens_mean']:.1f}"), ("written to", str(args.out))]
     if result.output_co is not None:
         rows.insert(3, ("OutputCo mean", f"{result.output_co.mean():.4f}"))
+    if args.profile:
+        rows += [("schedule", f"{result.meta['schedule']}, offload={result.meta['offload']}, "
+                              f"{result.meta['sweeps']} sweep(s)"), ("plan", result.meta["plan"])]
+        rows += result.meta["profile"].lines() if pair.streamer is not None else [("weight copies", "none (resident)")]
+        if "peak_gpu_memory" in result.meta:
+            rows.append(("peak device memory", f"{result.meta['peak_gpu_memory'] / 2**30:.2f} GiB"))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows), file=sys.stderr)
     return 0
@@ -109,9 +128,13 @@ def cmd_steer(args) -> int:
         check_output_path(args.out)
     pair, prompts = _load(args)
     records = []
+    use_cache = not args.no_cache and pair.streamer is None
+    if not args.no_cache and not use_cache:
+        print("tuco: streamed weights: generating without a KV cache (each step recomputes the sequence)",
+              file=sys.stderr)
     for alpha in args.alpha:
         outs = generate(pair, prompts, alpha, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                        temperature=args.temperature, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache,
+                        temperature=args.temperature, top_p=args.top_p, seed=args.seed, use_cache=use_cache,
                         chat=args.chat, system_prompt=args.system_prompt, batch_tokens=args.batch_tokens,
                         backend=args.backend)
         for o in outs:

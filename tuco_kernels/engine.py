@@ -97,8 +97,10 @@ class _Rows:
 
     def finish(self, keep_final: bool) -> BatchDecomposition:
         norms = self.norms.transpose(0, 1).contiguous() if self.norms is not None else None
-        return BatchDecomposition(self.last_idx, self.acc_ptc, self.acc_ftc, norms, self.x if keep_final else None,
-                                  self.x_pt)
+        device = self.last_idx.device
+        x = self.x.to(device) if keep_final else None  # a spilled stream comes back (stream-ordered after its copy)
+        x_pt = self.x_pt.to(device) if self.x_pt is not None else None
+        return BatchDecomposition(self.last_idx, self.acc_ptc, self.acc_ftc, norms, x, x_pt)
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ def steer(pair, prompts, alpha=1.0, *, chat: bool = False, system_prompt: str | 
 def _next_logprobs(pair, input_ids, attention_mask, alphas, backend):
     dec = decompose_batch(pair, input_ids, attention_mask, alphas, keep_final=True, backend=backend)
     rows = torch.arange(input_ids.shape[0], device=dec.x_final.device)
-    logits = pair.family.logits(pair.finetuned, dec.x_final[rows, dec.last_idx])
+    logits = pair.family.logits(pair.finetuned, dec.x_final[rows, dec.last_idx].to(pair.device))
     return torch.log_softmax(logits.float(), dim=-1)
 
 
@@ -64,6 +64,9 @@ def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: b
     """
     if temperature <= 0:
         raise TucoError("temperature must be positive")
+    if use_cache and pair.streamer is not None:
+        raise TucoError(f"use_cache=True needs both models resident (it runs HF's generate with attach); this pair "
+                        f"streams its weights (offload={pair.offload!r}): use use_cache=False")
     records, token_lists = prepare(pair, prompts, chat=chat, system_prompt=system_prompt)
     alphas = layer_alphas(alpha, pair.n_layers)
     eos = getattr(pair.tokenizer, "eos_token_id", None) if pair.tokenizer is not None else None
