@@ -25,6 +25,7 @@ bench: venv
 	$(PY) -m pytest bench -q -rs
 	$(PY) bench/kernels.py
 	$(PY) bench/engine_overhead.py
+	$(PY) bench/stream.py $$($(PY) -c "import torch; print('' if torch.cuda.is_available() else '--small --device cpu --no-csv')")
 
 clean:
 	rm -rf .venv build *.egg-info out tuco_kernels/_C*.so tuco_kernels/_build_info.py

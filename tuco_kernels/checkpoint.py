@@ -213,7 +213,7 @@ def resolve_name(source: TensorSource, name: str, model_prefix: str | None, alia
     for ``transformer.h.0...``), and the names of parameters tied to it (a tied LM head is stored once,
     as the embedding).
     """
-    have = source.entries if isinstance(source, Checkpoint) else source.tensors
+    have = set(source.names())
     candidates = [name] + list(aliases)
     if model_prefix:
         candidates += [c[len(model_prefix) + 1:] for c in candidates if c.startswith(model_prefix + ".")]

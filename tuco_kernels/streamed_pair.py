@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Checkpoint, LoraAdapter, ModuleTensors
+from .checkpoint import Checkpoint, LoraAdapter, ModuleTensors, TensorSource
 from .errors import TucoError
 from .pair import (ModelPair, _is_adapter_dir, _load_model, _read_config, _resolve_source, _tokenizers,
                    _weights_kind, check_compatible, check_configs)
@@ -58,7 +58,7 @@ def _stored_dtype(config, source) -> torch.dtype:
 
 def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft, allow_pickle,
                   attn_implementation, offload, prefetch) -> ModelPair:
-    device = torch.device(device or "cpu")
+    device = device or "cpu"
     opts = dict(offload=offload, allow_pickle=allow_pickle, dtype=dtype, attn_implementation=attn_implementation)
     adapter = LoraAdapter(Path(os.fspath(finetuned))) if _is_adapter_dir(finetuned) else None
     pt_source, pc = _source(pretrained, g_pt, side="pre-trained", **opts)
@@ -66,6 +66,18 @@ def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
         ft_source, fc = None, pc
     else:
         ft_source, fc = _source(finetuned, g_ft, side="fine-tuned", **opts)
+    ft_tok, pt_tok = _tokenizers(tokenizer, pretrained, finetuned, g_pt, g_ft)
+    return streamed_pair(pt_source, pc, ft_source, fc, adapter=adapter, tokenizers=(ft_tok, pt_tok), dtype=dtype,
+                         device=device, offload=offload, prefetch=prefetch, attn_implementation=attn_implementation)
+
+
+def streamed_pair(pt_source: TensorSource, pc, ft_source: TensorSource | None, fc, *, adapter=None,
+                  tokenizers=(None, None), dtype=None, device="cpu", offload="cpu", prefetch=True,
+                  attn_implementation=None) -> ModelPair:
+    """A streamed :class:`ModelPair` from two tensor sources and their configs (``ft_source=None``: the fine-tuned
+    side is ``pt_source`` + ``adapter``). :func:`load_pair` builds its sources from paths; benchmarks and
+    tests can pass any :class:`~tuco_kernels.checkpoint.TensorSource`."""
+    device = torch.device(device)
     family = check_configs(pc, fc)
     target = dtype or _stored_dtype(fc, ft_source or pt_source)
     ft_frame = empty_model(fc, target, attn_implementation)
@@ -82,7 +94,7 @@ def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
                 raise TucoError(f"{adapter.directory}: the adapter stores {name!r}, which the model does not have")
     materialize_outer(ft_frame, family, ft_source or pt_source, device, target, outer_replacements)
 
-    ft_tok, pt_tok = _tokenizers(tokenizer, pretrained, finetuned, g_pt, g_ft)
+    ft_tok, pt_tok = tokenizers
     check_compatible(pt_frame, ft_frame, pt_tok, ft_tok)
     streamer = LayerStreamer(skeleton=ft_frame, family=family, pt_source=pt_source, ft_source=ft_source,
                              adapter=adapter, device=device, dtype=target, offload=offload, prefetch=prefetch)
