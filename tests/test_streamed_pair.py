@@ -176,3 +176,18 @@ def test_disk_mode_refuses_gguf_and_pickle(tmp_path, tokenizer):
         tk.load_pair(tmp_path / "pkl", tmp_path / "ft", tokenizer=tokenizer, offload="disk", allow_pickle=True)
     pair = tk.load_pair(tmp_path / "pkl", tmp_path / "ft", tokenizer=tokenizer, offload="cpu", allow_pickle=True)
     _same(tk.score(pair, PROMPTS), tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS))
+
+
+def test_spilled_sweep_equals_device_resident_sweep(saved_pairs, tokenizer):
+    """The spill path (hidden states kept off the device between layers) on CPU; on GPU see test_stream_gpu."""
+    from tuco_kernels.engine import decompose_sweep, layer_alphas
+
+    pair = _resident(saved_pairs["gemma2"], tokenizer, offload="cpu")
+    enc = [tokenizer([p], return_tensors="pt") for p in PROMPTS]
+    batches = [(e["input_ids"], e["attention_mask"]) for e in enc]
+    alphas = layer_alphas(0.7, pair.n_layers)
+    kept = decompose_sweep(pair, batches, alphas, own_pt=True, keep_final=True, layers=True)
+    spilled = decompose_sweep(pair, batches, alphas, own_pt=True, keep_final=True, layers=True, spill=True)
+    for a, b in zip(kept, spilled):
+        for field in ("acc_ptc", "acc_ftc", "layer_norms", "x_final", "x_pt_final"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
