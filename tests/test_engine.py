@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import tuco_kernels as tk
-from tuco_kernels.engine import decompose_batch, layer_alphas, own_final_stream
+from tuco_kernels.engine import decompose_batch, layer_alphas
 from tuco_kernels.errors import TucoError, UnsupportedModelError
 
 from .conftest import PROMPTS, make_pair_models
@@ -50,8 +50,11 @@ def test_alpha_zero_is_pretrained_model_with_shared_embeddings(pair, tokenizer):
     for ids in _ids(tokenizer):
         ids_t, mask = torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)
         dec = decompose_batch(pair, ids_t, mask, [0.0] * pair.n_layers, keep_final=True)
-        pt_final = own_final_stream(pair.pretrained, pair.family, ids_t, mask)
-        assert torch.equal(dec.x_final, pt_final)
+        seen = {}
+        hook = blocks_of(pair.pretrained)[-1].register_forward_hook(lambda m, a, o: seen.setdefault("x_L", o))
+        pair.pretrained(input_ids=ids_t)  # HF's own forward: its last block's output is the pre-trained x_L
+        hook.remove()
+        assert torch.equal(dec.x_final, seen["x_L"])
         hf_pt = pair.pretrained(input_ids=ids_t, output_hidden_states=True)
         # HF's last hidden state is after the final norm: compare the norm of ours with it
         torch.testing.assert_close(pair.family.final_norm(pair.pretrained)(dec.x_final), hf_pt.hidden_states[-1])

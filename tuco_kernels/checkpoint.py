@@ -98,6 +98,9 @@ class TensorSource:
     def read_into(self, name: str, dest: torch.Tensor) -> None:
         raise NotImplementedError
 
+    def __contains__(self, name: str) -> bool:
+        return name in self.names()
+
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """A new CPU tensor (in ``dtype``, default the stored one)."""
         stored, shape = self.spec(name)
@@ -149,6 +152,9 @@ class Checkpoint(TensorSource):
     def names(self) -> list[str]:
         return list(self.entries)
 
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
     def spec(self, name):
         e = self.entries[name]
         return e.dtype, e.shape
@@ -198,6 +204,9 @@ class ModuleTensors(TensorSource):
     def names(self):
         return list(self.tensors)
 
+    def __contains__(self, name):
+        return name in self.tensors
+
     def spec(self, name):
         t = self.tensors[name]
         return t.dtype, tuple(t.shape)
@@ -213,12 +222,11 @@ def resolve_name(source: TensorSource, name: str, model_prefix: str | None, alia
     for ``transformer.h.0...``), and the names of parameters tied to it (a tied LM head is stored once,
     as the embedding).
     """
-    have = set(source.names())
     candidates = [name] + list(aliases)
     if model_prefix:
         candidates += [c[len(model_prefix) + 1:] for c in candidates if c.startswith(model_prefix + ".")]
     for c in candidates:
-        if c in have:
+        if c in source:
             return c
     raise TucoError(f"{source.where}: no tensor {name!r} in the checkpoint"
                     + (f" (nor {', '.join(repr(a) for a in aliases)})" if aliases else ""))

@@ -150,16 +150,3 @@ def decompose_batch(pair, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """Run one padded batch through both models layer by layer; see the module docstring."""
     return decompose_sweep(pair, [(input_ids, attention_mask)], alphas, layers=layers, token_map=token_map,
                            keep_final=keep_final, backend=backend)[0]
-
-
-@torch.no_grad()
-def own_final_stream(model, family, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """x_L of ``model``'s own forward (its own embedding and blocks), pre final norm, [B, T, d]."""
-    device = next(model.parameters()).device
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    blocks = family.layers(model)
-    rec = capture(model, blocks, input_ids, attention_mask)
-    x = rec.x0
-    for block, kwargs in zip(blocks, rec.block_kwargs):
-        x = block(x, **kwargs)
-    return x

@@ -74,7 +74,7 @@ def _model_bytes(model, gguf, dtype) -> int:
         return 0
     directory, g = _resolve_source(model, gguf)
     if g:
-        return (directory / g).stat().st_size * 4  # dequantized to fp32 at most 8× a 4-bit file: an estimate
+        return (directory / g).stat().st_size * 4  # an estimate: GGUF is dequantized to fp32 on load
     try:
         ckpt = Checkpoint(directory)
     except TucoError:

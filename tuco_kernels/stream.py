@@ -142,11 +142,10 @@ class LayerStreamer:
         self.device, self.dtype, self.offload, self.prefetch = torch.device(device), dtype, offload, prefetch
         self.blocks = family.layers(skeleton)
         self.n_layers = len(self.blocks)
-        names = [[(rel, f"{family.layers_path}.{l}.{rel}") for rel, _ in b.named_parameters()]
-                 for l, b in enumerate(self.blocks)]
-        specs = [[(rel, dtype if p.is_floating_point() else p.dtype, tuple(p.shape))
-                  for rel, p in b.named_parameters()] for b in self.blocks]
-        layouts = [LayerLayout(s) for s in specs]
+        params = [list(b.named_parameters()) for b in self.blocks]
+        names = [[(rel, f"{family.layers_path}.{l}.{rel}") for rel, _ in layer] for l, layer in enumerate(params)]
+        layouts = [LayerLayout([(rel, dtype if p.is_floating_point() else p.dtype, tuple(p.shape)) for rel, p in layer])
+                   for layer in params]
         if any(lay.signature() != layouts[0].signature() for lay in layouts):
             raise TucoError("decoder blocks differ in their parameters; streaming needs identical blocks")
         self.layout = layouts[0]
