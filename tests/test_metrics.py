@@ -41,3 +41,17 @@ def test_auc_against_pair_counting():
     assert auc([1, 2], [0]) == 1.0 and auc([0], [1, 2]) == 0.0
     with pytest.raises(ValueError):
         auc([], [1.0])
+
+
+def test_tpr_at_fpr():
+    from tuco_kernels.metrics import tpr_at_fpr
+
+    neg = np.arange(20) / 20.0           # 0.00 … 0.95
+    pos = np.array([0.5, 0.93, 0.96, 0.97, 0.99])
+    # t = 0.90 lets through one negative of 20 (0.95 > 0.90): FPR 5%; positives above 0.90: 4 of 5
+    assert tpr_at_fpr(pos, neg, 0.05) == 0.8
+    # FPR 0 needs t ≥ 0.95, the largest negative: 0.96, 0.97, 0.99 remain, 3 of 5
+    assert tpr_at_fpr(pos, neg, 0.0) == 0.6
+    assert tpr_at_fpr([2.0], [1.0]) == 1.0 and tpr_at_fpr([1.0], [2.0]) == 0.0
+    with pytest.raises(ValueError):
+        tpr_at_fpr([], [1.0])

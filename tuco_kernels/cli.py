@@ -13,15 +13,21 @@ from .errors import TucoError
 
 
 def _add_model_args(p: argparse.ArgumentParser):
-    p.add_argument("--pretrained", required=True, help="pre-trained model: directory or .gguf file")
-    p.add_argument("--finetuned", required=True, help="fine-tuned model: directory, .gguf file or PEFT adapter")
+    p.add_argument("--pretrained", help="pre-trained model: directory or .gguf file "
+                                        "(with --finetuned; neither: the default gemma-3-270m pair)")
+    p.add_argument("--finetuned", help="fine-tuned model: directory, .gguf file or PEFT adapter")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the fine-tuned side's)")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoints')")
     p.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
     p.add_argument("--allow-pickle", action="store_true", help="permit pickle (*.bin) weights")
     p.add_argument("--prompts", required=True, help="prompt file: .jsonl (prompt|messages, id), .csv (prompt), .txt")
-    p.add_argument("--chat", action="store_true", help="render text prompts as user turns of the chat template")
+    p.add_argument("--chat", action="store_true", help="render text prompts as user turns of the chat template "
+                                                       "(always on for the default pair, a chat model)")
     p.add_argument("--system-prompt", help="system message for chat prompts")
+    p.add_argument("--template", help="render prompts with one of the paper's templates (implies --chat): "
+                                      "llama2, vicuna, llama3, gemma, zephyr-gemma, mistral")
+    p.add_argument("--raw-text", action="store_true", help="with the default pair: score text prompts as raw "
+                                                           "text instead of chat user turns")
     p.add_argument("--batch-tokens", type=int, default=4096, help="rows × padded length per batch (default 4096)")
     p.add_argument("--backend", help="force a kernel backend (see `tuco info`)")
     p.add_argument("--offload", choices=("none", "cpu", "disk"),
@@ -83,9 +89,24 @@ def _load(args):
     from .pair import load_pair
 
     prompts = read_prompt_file(args.prompts)  # validate the input before loading any weights
+    if args.template:
+        from .templates import paper_template
+
+        paper_template(args.template)  # an unknown name fails before any weights load
+    if (args.pretrained is None) != (args.finetuned is None):
+        raise TucoError("give both --pretrained and --finetuned, or neither (the default gemma-3-270m pair)")
+    if args.pretrained is None:
+        args.chat = not args.raw_text
+        print("tuco: no model given; using the default pair (gemma-3-270m + chat LoRA; first run fetches it)",
+              file=sys.stderr)
     pair = load_pair(args.pretrained, args.finetuned, tokenizer=args.tokenizer, dtype=args.dtype,
                      device=_default_device(args.device), allow_pickle=args.allow_pickle, offload=args.offload,
                      max_gpu_memory=args.max_gpu_memory, prefetch=not args.no_prefetch)
+    if args.template:
+        from .templates import use_paper_template
+
+        use_paper_template(pair.tokenizer, args.template)
+        args.chat = True
     return pair, prompts
 
 

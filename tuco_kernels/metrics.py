@@ -68,3 +68,19 @@ def auc(scores_pos, scores_neg) -> float:
         i = j + 1
     u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
     return float(u / (pos.size * neg.size))
+
+
+def tpr_at_fpr(scores_pos, scores_neg, fpr: float = 0.05) -> float:
+    """Largest true-positive rate of a threshold rule "score > t" whose false-positive rate is at most ``fpr``.
+
+    Thresholds range over the observed scores; ties count against the rule (a negative equal to t is not
+    a false positive, a positive equal to t is not a true one), so the value is achievable, not interpolated.
+    """
+    pos, neg = np.asarray(scores_pos, dtype=np.float64), np.asarray(scores_neg, dtype=np.float64)
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("tpr_at_fpr needs at least one score in each class")
+    best = 0.0
+    for t in np.concatenate([[-np.inf], np.unique(np.concatenate([pos, neg]))]):
+        if (neg > t).mean() <= fpr:
+            best = max(best, float((pos > t).mean()))
+    return best
