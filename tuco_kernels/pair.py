@@ -249,10 +249,13 @@ def _prepare(model, dtype, device):
 OFFLOAD_MODES = ("none", "cpu", "disk")
 
 
-def load_pair(pretrained, finetuned, *, tokenizer=None, dtype=None, device=None, gguf_file=None,
+def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, device=None, gguf_file=None,
               allow_pickle: bool = False, attn_implementation: str | None = None, offload: str | None = None,
               max_gpu_memory=None, prefetch: bool = True) -> ModelPair:
     """Load and check a pre-trained / fine-tuned pair.
+
+    With no ``pretrained`` and ``finetuned``, the default pair: google/gemma-3-270m and the project's chat LoRA
+    of it (:mod:`tuco_kernels.default_pair`; fetched and converted on first use, fp32 unless ``dtype`` is given).
 
     Args:
         pretrained, finetuned: local directories, ``.gguf`` paths or ``PreTrainedModel`` objects; the fine-tuned
@@ -272,6 +275,14 @@ def load_pair(pretrained, finetuned, *, tokenizer=None, dtype=None, device=None,
             both, else "disk". Pass the same budget to :func:`score` to size its batches and sweeps.
         prefetch: with offload, copy layer l+1 while layer l computes (False: the serial baseline).
     """
+    if pretrained is None and finetuned is None:
+        from .default_pair import load_default_pair
+
+        return load_default_pair(tokenizer=tokenizer, dtype=dtype or "float32", device=device,
+                                 attn_implementation=attn_implementation, offload=offload,
+                                 max_gpu_memory=max_gpu_memory, prefetch=prefetch)
+    if pretrained is None or finetuned is None:
+        raise TucoError("give both the pre-trained and the fine-tuned model, or neither (the default pair)")
     dtype = parse_dtype(dtype)
     g_pt, g_ft = gguf_file if isinstance(gguf_file, (tuple, list)) else (gguf_file, gguf_file)
     if offload is None:
@@ -297,6 +308,9 @@ def _tokenizers(tokenizer, pretrained, finetuned, g_pt, g_ft):
     if tokenizer is not None:
         return tokenizer, None
     ft_tok = _load_tokenizer([finetuned, pretrained], [g_ft, g_pt])
+    template = Path(os.fspath(finetuned)) / "chat_template.jinja" if _is_adapter_dir(finetuned) else None
+    if ft_tok is not None and template is not None and template.is_file() and not getattr(ft_tok, "chat_template", None):
+        ft_tok.chat_template = template.read_text(encoding="utf-8")  # an adapter's own chat format
     pt_tok = _load_tokenizer([pretrained], [g_pt]) if not _is_adapter_dir(finetuned) else None
     return ft_tok, pt_tok
 
