@@ -5,7 +5,7 @@ PY    := .venv/bin/python
 HASH  := $(shell cat requirements.txt constraints.txt setup.py tuco_kernels/ops/build_config.py csrc/* | sha256sum | cut -c1-16)
 STAMP := .venv/.installed-$(HASH)
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo studies bench clean
 venv: $(STAMP)
 
 $(STAMP):
@@ -20,6 +20,14 @@ test: venv
 
 demo: venv
 	$(PY) python/demo.py
+
+# The paper's studies on the default pair, sized for a 2-core CPU (each script's --help gives the full protocol).
+studies: venv
+	$(PY) python/eval_chat_adapter.py --n 100
+	$(PY) python/study_web_vs_chat.py --n 100
+	$(PY) python/study_many_shot.py --n 4 --answer-tokens 16 --max-question-chars 120 --n-templates 40
+	$(PY) python/study_jailbreak_detection.py --n 40
+	$(PY) python/study_alpha_mmlu.py --subjects astronomy,computer_security,high_school_computer_science --shots 1 --max-questions 40
 
 bench: venv
 	$(PY) -m pytest bench -q -rs
