@@ -44,6 +44,8 @@ def load_default_pair(**kwargs):
     from .pair import load_pair
 
     base, adapter = paths()
-    kwargs.setdefault("dtype", "float32")
-    kwargs.setdefault("tokenizer", chat_tokenizer(base))
+    if kwargs.get("dtype") is None:
+        kwargs["dtype"] = "float32"
+    if kwargs.get("tokenizer") is None:
+        kwargs["tokenizer"] = chat_tokenizer(base)
     return load_pair(base, adapter, **kwargs)
