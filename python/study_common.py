@@ -77,6 +77,12 @@ def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def stop_ids(tokenizer) -> list[int]:
+    """EOS and the chat turn's end token; a tokenizer without ``<end_of_turn>`` maps it to unk, which is left out."""
+    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")}
+    return sorted(t for t in ids if t is not None and t != tokenizer.unk_token_id)
+
+
 @torch.no_grad()
 def sample_completions(model, tokenizer, ids: list[int], *, n: int = 8, max_new_tokens: int = 30,
                        temperature: float = 0.7, top_p: float = 0.9, seed: int = 0) -> list[str]:
@@ -90,7 +96,7 @@ def sample_completions(model, tokenizer, ids: list[int], *, n: int = 8, max_new_
     cache = out.past_key_values
     cache.batch_repeat_interleave(n)
     logits = out.logits[:, -1].float().repeat(n, 1)
-    eos = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")} - {None}
+    eos = set(stop_ids(tokenizer))
     tokens = [[] for _ in range(n)]
     done = torch.zeros(n, dtype=torch.bool)
     for _ in range(max_new_tokens):
@@ -121,8 +127,7 @@ def greedy_completions(model, tokenizer, id_lists: list[list[int]], *, max_new_t
                        batch: int = 16) -> list[str]:
     """Greedy completions of many prompts, ``batch`` at a time, left-padded, with HF ``generate``."""
     device = next(model.parameters()).device
-    eos = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")}
-           if t is not None and t != tokenizer.unk_token_id]
+    eos = stop_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))  # similar lengths share a batch
     out = [""] * len(id_lists)
