@@ -5,10 +5,12 @@
 //     acc_ptc[b] += PTC[b, last_b],  acc_ftc[b] += FTC[b, last_b]                    (fp32)
 // plus, on each last-token row, the L1 norms of PTC, FTC and of the two running sums.
 //
-// Byte count: an ordinary row reads out_pt and out_ft and writes x_{l+1}: 3 accesses per element, with
-// 16-byte vector loads and stores where d and the pointers allow. x and the accumulators are read only on
-// the B last-token rows (all rows in all-tokens mode). One thread block per row, so a last-token row's
-// norms are reduced inside its block (warp shuffles, then shared memory) without atomics.
+// Two kernels, split by the rows they touch (as the Triton backend): accumulate_kernel, one block per
+// last-token row (every row in all-tokens mode), reads x, out_pt, out_ft there, updates the accumulators and
+// reduces the row's norms inside its block (warp shuffles, then shared memory), without atomics; then
+// stream_kernel writes x_{l+1} for every element: 2 loads and 1 store per element, 16-byte vector accesses
+// where the size and pointers allow, a flat grid-stride loop with no per-row logic. No pointer is declared
+// __restrict__: `out` may alias `x` (the engine updates the stream in place) or `out_ft`.
 //
 // Exactness: fp32 arithmetic with explicit round-to-nearest intrinsics (__fmul_rn, __fadd_rn, __fsub_rn are
 // never contracted into FMAs), fp32 -> bf16/fp16 with round-to-nearest-even: bit-identical to the eager
@@ -83,50 +85,102 @@ __device__ inline void block_sum4(float n[4]) {
   }
 }
 
-// One block per row of [B*T, d]; VEC elements per thread per step (16-byte accesses when VEC > 1).
-template <typename T, int VEC>
-__global__ void fused_update_kernel(const T* __restrict__ x, const T* pt, const T* ft, T* out,
-                                    const int64_t* __restrict__ last, float* acc_ptc, float* acc_ftc,
-                                    float* norms, Params p) {
+// ---- the accumulate kernel: one block per accumulated row (B last-token rows, or all rows) ----
+// Reads x, out_pt, out_ft on that row, adds PTC and FTC into the fp32 accumulators and, on a last-token row,
+// reduces the four L1 norms inside the block. It runs before the stream kernel, on the same stream: `out` may be
+// `x` itself, and x must be read before it is overwritten.
+template <typename T>
+__global__ void accumulate_kernel(const T* x, const T* pt, const T* ft, const int64_t* __restrict__ last,
+                                  float* acc_ptc, float* acc_ftc, float* norms, Params p) {
   using E = Elem<T>;
-  using P = Pack<T, VEC>;
-  const int64_t row = blockIdx.x;
-  const int64_t b = row / p.T;
-  const bool is_last = (row - b * p.T) == last[b];  // uniform over the block
-  const bool accumulate = p.all_tokens || is_last;
+  const int64_t r = blockIdx.x;
+  int64_t b, row;
+  bool is_last;
+  if (p.all_tokens) {
+    b = r / p.T;
+    row = r;
+    is_last = (r - b * p.T) == last[b];  // uniform over the block
+  } else {
+    b = r;
+    row = b * p.T + last[b];
+    is_last = true;
+  }
   const int64_t base = row * p.d;
   const int64_t acc_base = p.all_tokens ? base : b * p.d;
   float n[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int64_t c = int64_t(threadIdx.x) * VEC; c < p.d; c += int64_t(blockDim.x) * VEC) {
-    const P pv = *reinterpret_cast<const P*>(pt + base + c);
-    const P fv = *reinterpret_cast<const P*>(ft + base + c);
-    P xv;
-    if (accumulate) xv = *reinterpret_cast<const P*>(x + base + c);  // before the store: out may alias x
-    P ov;
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float pf = E::load(pv.v[k]);
-      const float ftc = __fsub_rn(E::load(fv.v[k]), pf);
-      ov.v[k] = p.alpha_one ? fv.v[k] : E::store(__fadd_rn(pf, __fmul_rn(p.alpha, ftc)));
-      if (accumulate) {
-        const float ptc = __fsub_rn(pf, E::load(xv.v[k]));
-        const float sp = __fadd_rn(acc_ptc[acc_base + c + k], ptc);
-        const float sf = __fadd_rn(acc_ftc[acc_base + c + k], ftc);
-        acc_ptc[acc_base + c + k] = sp;
-        acc_ftc[acc_base + c + k] = sf;
-        n[0] += fabsf(ptc);
-        n[1] += fabsf(ftc);
-        n[2] += fabsf(sp);
-        n[3] += fabsf(sf);
-      }
-    }
-    if (p.write_out) *reinterpret_cast<P*>(out + base + c) = ov;
+  for (int64_t c = threadIdx.x; c < p.d; c += blockDim.x) {
+    const float pf = E::load(pt[base + c]);
+    const float ptc = __fsub_rn(pf, E::load(x[base + c]));
+    const float ftc = __fsub_rn(E::load(ft[base + c]), pf);
+    const float sp = __fadd_rn(acc_ptc[acc_base + c], ptc);
+    const float sf = __fadd_rn(acc_ftc[acc_base + c], ftc);
+    acc_ptc[acc_base + c] = sp;
+    acc_ftc[acc_base + c] = sf;
+    n[0] += fabsf(ptc);
+    n[1] += fabsf(ftc);
+    n[2] += fabsf(sp);
+    n[3] += fabsf(sf);
   }
   if (norms != nullptr && is_last) {
     block_sum4(n);
     if (threadIdx.x == 0)
       for (int k = 0; k < 4; ++k) norms[b * 4 + k] = n[k];
   }
+}
+
+// ---- the stream kernel: out = out_pt + alpha * (out_ft - out_pt) over all B*T*d elements ----
+// A flat grid-stride loop with no per-row logic: VEC elements per access (16 bytes when aligned), UNROLL
+// independent accesses per thread in flight before the first use. 2 loads and 1 store per element.
+constexpr int kStreamThreads = 256;
+constexpr int kUnroll = 4;
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kStreamThreads) stream_kernel(const T* pt, const T* ft, T* out, int64_t n_packs,
+                                                                 float alpha, bool alpha_one) {
+  using E = Elem<T>;
+  using P = Pack<T, VEC>;
+  const P* pp = reinterpret_cast<const P*>(pt);
+  const P* fp = reinterpret_cast<const P*>(ft);
+  P* op = reinterpret_cast<P*>(out);
+  const int64_t stride = int64_t(gridDim.x) * kStreamThreads * kUnroll;
+  for (int64_t start = int64_t(blockIdx.x) * kStreamThreads * kUnroll + threadIdx.x; start < n_packs;
+       start += stride) {
+    P pv[kUnroll], fv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = start + int64_t(u) * kStreamThreads;
+      if (i < n_packs) {
+        fv[u] = fp[i];
+        if (!alpha_one) pv[u] = pp[i];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = start + int64_t(u) * kStreamThreads;
+      if (i >= n_packs) break;
+      if (alpha_one) {
+        op[i] = fv[u];
+        continue;
+      }
+      P ov;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float pf = E::load(pv[u].v[k]);
+        ov.v[k] = E::store(__fadd_rn(pf, __fmul_rn(alpha, __fsub_rn(E::load(fv[u].v[k]), pf))));
+      }
+      op[i] = ov;
+    }
+  }
+}
+
+int stream_blocks(int64_t n_packs) {
+  static int sms_of[64] = {0};  // multiprocessors per device, read once per device
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  int& sms = sms_of[device & 63];
+  if (sms == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t needed = (n_packs + int64_t(kStreamThreads) * kUnroll - 1) / (int64_t(kStreamThreads) * kUnroll);
+  return int(std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(sms) * 8)));  // 8 resident blocks per SM
 }
 
 template <typename T>
@@ -137,25 +191,23 @@ void launch(const at::Tensor& x, const at::Tensor& out_pt, const at::Tensor& out
   const T* pp = reinterpret_cast<const T*>(out_pt.const_data_ptr());
   const T* fp = reinterpret_cast<const T*>(out_ft.const_data_ptr());
   T* op = reinterpret_cast<T*>(out.mutable_data_ptr());
+  const int64_t rows = s.all_tokens ? s.B * s.T : s.B;
+  const int acc_threads = int(std::min<int64_t>(kMaxThreads, std::max<int64_t>(32, (s.d + 31) / 32 * 32)));
+  accumulate_kernel<T><<<dim3(static_cast<unsigned>(rows)), acc_threads, 0, stream>>>(
+      xp, pp, fp, last_idx.const_data_ptr<int64_t>(), acc_ptc.mutable_data_ptr<float>(),
+      acc_ftc.mutable_data_ptr<float>(), norms, p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!p.write_out) return;
+  const int64_t n = s.B * s.T * s.d;
   constexpr int kVec = 16 / sizeof(T);
-  const bool aligned = s.d % kVec == 0 &&
-                       [&] {
-                         for (const void* ptr : {static_cast<const void*>(xp), static_cast<const void*>(pp),
-                                                 static_cast<const void*>(fp), static_cast<const void*>(op)})
-                           if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
-                         return true;
-                       }();
-  const int vec = aligned ? kVec : 1;
-  const int64_t steps = (s.d + vec - 1) / vec;
-  const int threads = int(std::min<int64_t>(kMaxThreads, std::max<int64_t>(32, (steps + 31) / 32 * 32)));
-  const dim3 grid(static_cast<unsigned>(s.B * s.T));
-  const int64_t* lp = last_idx.const_data_ptr<int64_t>();
-  float* ap = acc_ptc.mutable_data_ptr<float>();
-  float* af = acc_ftc.mutable_data_ptr<float>();
+  bool aligned = n % kVec == 0;
+  for (const void* ptr : {static_cast<const void*>(pp), static_cast<const void*>(fp), static_cast<const void*>(op)})
+    aligned = aligned && reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
   if (aligned) {
-    fused_update_kernel<T, kVec><<<grid, threads, 0, stream>>>(xp, pp, fp, op, lp, ap, af, norms, p);
+    stream_kernel<T, kVec><<<stream_blocks(n / kVec), kStreamThreads, 0, stream>>>(pp, fp, op, n / kVec, p.alpha,
+                                                                                    p.alpha_one);
   } else {
-    fused_update_kernel<T, 1><<<grid, threads, 0, stream>>>(xp, pp, fp, op, lp, ap, af, norms, p);
+    stream_kernel<T, 1><<<stream_blocks(n), kStreamThreads, 0, stream>>>(pp, fp, op, n, p.alpha, p.alpha_one);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -166,7 +218,7 @@ void fused_update_cuda(const at::Tensor& x, const at::Tensor& out_pt, const at::
   const UpdateShape s =
       check_fused_update_args(x, out_pt, out_ft, last_idx, acc_ptc, acc_ftc, out, norms, at::DeviceType::CUDA);
   if (s.B * s.T == 0 || s.d == 0) return;
-  TORCH_CHECK(s.B * s.T <= INT32_MAX, "tuco.fused_update: more than 2^31-1 rows");
+  TORCH_CHECK((s.all_tokens ? s.B * s.T : s.B) <= INT32_MAX, "tuco.fused_update: more than 2^31-1 rows");
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool alpha_one = alpha == 1.0;

@@ -39,9 +39,9 @@ def test_cuda_sources_compile_with_nvcc(source, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert "warning" not in result.stderr.lower(), result.stderr[-4000:]
     ptx = "\n".join(p.read_text() for p in keep.glob("*.ptx"))
-    assert "fused_update_kernel" in ptx
+    assert "stream_kernel" in ptx and "accumulate_kernel" in ptx
     assert not re.search(r"\bfma\.rn\.f32\b", ptx), "an FMA contraction: results would differ from the reference"
-    assert "cvt.rn.bf16.f32" in ptx and "ld.global.v4" in ptx
+    assert "cvt.rn.bf16.f32" in ptx and "ld.global.v4" in ptx and "st.global.v4" in ptx
 
 
 TRITON_AOT = textwrap.dedent("""
@@ -49,30 +49,54 @@ TRITON_AOT = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from tuco_kernels.ops.fused_update_triton import _fused_update_kernel, compile_options, launch_config
-    d, arch = 4096, int(sys.argv[1])
-    block, warps = launch_config(d, 2)
-    names = list(_fused_update_kernel.arg_names)
-    sig = dict(zip(names, ["*bf16"] * 4 + ["*i64", "*fp32", "*fp32", "*fp32", "fp32", "i32", "i32"]
-                   + ["constexpr"] * 6))
-    constexprs = dict(ALPHA_ONE=False, WRITE_OUT=True, ALL_TOKENS=False, HAS_NORMS=True, ROUND_BF16=False,
-                      BLOCK_D=block)
-    # what a launch specialises on: 16-byte aligned pointers and d divisible by 16
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr") or n == "d"}
-    kernel = triton.compile(ASTSource(_fused_update_kernel, sig, constexprs=constexprs, attrs=attrs),
-                            target=GPUTarget("cuda", arch, 32), options=compile_options(warps))
-    ptx = kernel.asm["ptx"]
-    print("FMA", bool(re.search(r"\\bfma\\.rn", ptx)), "VEC_LD", "ld.global.v4" in ptx,
-          "VEC_ST", "st.global.v4" in ptx, "CUBIN", len(kernel.asm["cubin"]) > 0)
+    from tuco_kernels.ops.fused_update_triton import (_accumulate_kernel, _stream_kernel, accumulate_config,
+                                                      compile_options, stream_config)
+    arch, exact, fusion = int(sys.argv[1]), sys.argv[2] == "exact", sys.argv[3] == "fusion"
+
+    def build(kernel, types, constexprs, warps):
+        names = list(kernel.arg_names)
+        sig = dict(zip(names, types + ["constexpr"] * len(constexprs)))
+        # what a launch specialises on: 16-byte aligned pointers, sizes divisible by 16
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+                 if n.endswith("_ptr") or n in ("d", "n_elements")}
+        # Inductor launches user kernels without enable_fp_fusion; "fusion" compiles them that way
+        options = {"num_warps": warps} if fusion else compile_options(warps)
+        return triton.compile(ASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32), options=options).asm
+
+    block, warps = stream_config(2)
+    stream = build(_stream_kernel, ["*bf16"] * 3 + ["fp32", "i32"],
+                   dict(ALPHA_ONE=False, EXACT_RN=exact, ROUND_BF16=False, BLOCK=block), warps)
+    block_d, acc_warps = accumulate_config(4096)
+    acc = build(_accumulate_kernel, ["*bf16"] * 3 + ["*i64", "*fp32", "*fp32", "*fp32", "i32", "i32"],
+                dict(ALL_TOKENS=False, HAS_NORMS=True, EXACT_RN=exact, BLOCK_D=block_d), acc_warps)
+    fma = any(re.search(r"\\bfma\\.rn", k["ptx"]) for k in (stream, acc))
+    print("FMA", fma, "VEC_LD", "ld.global.v4" in stream["ptx"], "VEC_ST", "st.global.v4" in stream["ptx"],
+          "CUBIN", len(stream["cubin"]) > 0 and len(acc["cubin"]) > 0)
 """)
 
 
-@pytest.mark.parametrize("arch", [90, 80])
-def test_triton_kernel_compiles_for_the_gpu(arch):
+def compile_triton_for_gpu(arch: int, exact: bool, fusion: bool) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled mode, not the interpreter
-    result = subprocess.run([sys.executable, "-c", TRITON_AOT, str(arch)], capture_output=True, text=True,
-                            env=env, timeout=600)
+    result = subprocess.run([sys.executable, "-c", TRITON_AOT, str(arch), "exact" if exact else "plain",
+                             "fusion" if fusion else "nofusion"], capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0 and "ptxas" in result.stderr and "not found" in result.stderr.lower():
         pytest.skip("triton's ptxas is missing: cannot compile for the GPU here")
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.split() == ["FMA", "False", "VEC_LD", "True", "VEC_ST", "True", "CUBIN", "True"]
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize("fusion", [False, True], ids=["launch-options", "fusion-allowed"])
+@pytest.mark.parametrize("arch", [90, 80])
+def test_triton_kernels_compile_for_the_gpu_without_fma(arch, fusion):
+    """16-byte accesses in the stream kernel, and no FMA in either kernel, even compiled the way Inductor
+    compiles a user kernel (launch options such as enable_fp_fusion dropped): the arithmetic is explicitly
+    rounded (libdevice *_rn), which no compiler contracts."""
+    assert compile_triton_for_gpu(arch, exact=True, fusion=fusion) == \
+        ["FMA", "False", "VEC_LD", "True", "VEC_ST", "True", "CUBIN", "True"]
+
+
+def test_fma_check_can_fail():
+    """Negative control: the plain operators (the interpreter's form) with fusion allowed do contract into FMAs,
+    so the check above would catch a kernel that lost its explicitly rounded arithmetic."""
+    assert compile_triton_for_gpu(90, exact=False, fusion=True)[:2] == ["FMA", "True"]
