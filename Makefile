@@ -2,10 +2,11 @@
 # requirements and rebuild the compiled ops (tuco_kernels._C from csrc/) only when requirements.txt,
 # constraints.txt, setup.py or the C++/CUDA sources change (the stamp holds their hash).
 PY    := .venv/bin/python
+export PATH := $(CURDIR)/.venv/bin:$(PATH)   # the venv's ninja (and tools) for the compiled ops
 HASH  := $(shell cat requirements.txt constraints.txt setup.py tuco_kernels/ops/build_config.py csrc/* | sha256sum | cut -c1-16)
 STAMP := .venv/.installed-$(HASH)
 
-.PHONY: venv test demo studies bench clean
+.PHONY: venv test demo studies bench gpu-check clean
 venv: $(STAMP)
 
 $(STAMP):
@@ -34,6 +35,14 @@ bench: venv
 	$(PY) bench/kernels.py
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/stream.py $$($(PY) -c "import torch; print('' if torch.cuda.is_available() else '--small --device cpu --no-csv')")
+
+# On a GPU machine, with its own Python as it is (no venv, no network): tests marked gpu, the kernel, engine and
+# streaming benchmarks; results in $$OUT or bench/results/gpu-check/<device>/. PHASE=tests|kernels|stream runs one
+# phase (each fits a 10-minute call); DRY=1 runs the plumbing on CPU with tiny shapes (CI does).
+PHASE ?= all
+GPU_PY ?= python3
+gpu-check: $(if $(DRY),venv)
+	$(if $(DRY),$(PY),$(GPU_PY)) bench/gpu_check.py --phase $(PHASE) $(if $(DRY),--dry-run)
 
 clean:
 	rm -rf .venv build *.egg-info out tuco_kernels/_C*.so tuco_kernels/_build_info.py

@@ -5,13 +5,17 @@ Requirements are ranges, not pins, so the package also installs onto a GPU image
 requirements.txt + constraints.txt, installed by the Makefile.
 
 The compiled ops (csrc/) are built into ``tuco_kernels._C`` with torch.utils.cpp_extension and ninja:
-a CppExtension on CPU-only torch, a CUDAExtension when torch has CUDA and a CUDA toolkit is found. Build
-without torch importable (e.g. pip's build isolation) and the package still installs: the ops are then
-compiled on first use (JIT), or the engine falls back to the eager reference with a message saying why.
+a CppExtension on CPU-only torch, a CUDAExtension when torch has CUDA and a matching CUDA toolkit is found.
+A CUDA build that cannot work (no nvcc, nvcc of another major version than torch's CUDA, missing headers) or
+that fails to compile falls back to the CPU-only extension, with the reason recorded for ``tuco info``; the
+install never fails for it. Build without torch importable (e.g. pip's build isolation) and the package still
+installs: the ops are then compiled on first use (JIT), or the engine falls back to the eager reference
+with a message saying why.
 """
 
 import importlib.util
 import os
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -27,6 +31,40 @@ def _build_config():
     return module
 
 
+class _Fallback:
+    """What to build instead when the CUDA build fails: the CPU-only extension, with the reason recorded."""
+
+    def __init__(self, cfg, source_hash, cpu_extension):
+        self.cfg, self.source_hash, self.cpu_extension = cfg, source_hash, cpu_extension
+
+
+def _build_ext_class(cpp_extension, fallback: _Fallback | None):
+    class BuildExtensionWithFallback(cpp_extension.BuildExtension):
+        """torch's BuildExtension (ninja), falling back to the CPU-only ops when compiling the CUDA op fails."""
+
+        def build_extensions(self):
+            try:
+                super().build_extensions()
+            except Exception as exc:  # a compiler or linker error, a missing header, a toolkit mismatch
+                if fallback is None:
+                    raise
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+                reason = next((ln for ln in lines if "error" in ln.lower()), lines[0])[:300]
+                if isinstance(exc.__cause__, subprocess.CalledProcessError):
+                    reason += " (the compiler's message is printed above)"
+                print(f"tuco_kernels: the CUDA build of tuco_kernels._C failed ({reason}); building the CPU "
+                      f"ops only. The Triton backend still runs on the GPU.", file=sys.stderr)
+                fallback.cfg.write_build_info(fallback.source_hash, f"the CUDA build failed: {reason}")
+                cpu = fallback.cpu_extension()
+                for ext in self.extensions:  # the same Extension objects setuptools prepared, CPU sources and flags
+                    for attr in ("sources", "include_dirs", "library_dirs", "libraries", "runtime_library_dirs",
+                                 "extra_compile_args", "extra_link_args", "define_macros", "language"):
+                        setattr(ext, attr, getattr(cpu, attr))
+                super().build_extensions()
+
+    return BuildExtensionWithFallback.with_options(use_ninja=True)
+
+
 def compiled_extensions():
     if os.environ.get("TUCO_SKIP_EXTENSION") == "1":
         return [], {}
@@ -39,25 +77,32 @@ def compiled_extensions():
         return [], {}
     cfg = _build_config()
     source_hash = cfg.csrc_hash()
-    if torch.version.cuda is None:
-        with_cuda, why_no_cuda = False, "torch built without CUDA"
-    elif cpp_extension.CUDA_HOME is None:
-        with_cuda, why_no_cuda = False, "no CUDA toolkit (nvcc) found when tuco_kernels._C was built"
-    else:
-        with_cuda, why_no_cuda = os.environ.get("TUCO_BUILD_CUDA", "1") != "0", "TUCO_BUILD_CUDA=0 at build time"
-    sources = [os.path.join("csrc", s) for s in (*cfg.CPU_SOURCES, cfg.MODULE_SOURCE)]
     cxx = cfg.CXX_FLAGS + [cfg.hash_define(source_hash)]
-    if with_cuda:
-        cxx.append("-DTUCO_WITH_CUDA=1")
-        sources += [os.path.join("csrc", s) for s in cfg.CUDA_SOURCES]
+    cpu_sources = [os.path.join("csrc", s) for s in (*cfg.CPU_SOURCES, cfg.MODULE_SOURCE)]
+
+    def cpu_extension():
+        return cpp_extension.CppExtension("tuco_kernels._C", cpu_sources, extra_compile_args={"cxx": list(cxx)},
+                                          extra_link_args=cfg.LINK_FLAGS)
+
+    why_no_cuda = cfg.cuda_build_problem(torch.version.cuda, cpp_extension.CUDA_HOME)
+    if why_no_cuda is not None:
+        cfg.write_build_info(source_hash, why_no_cuda)
+        return [cpu_extension()], {"build_ext": _build_ext_class(cpp_extension, None)}
+    if os.environ.get("TUCO_BUILD_CUDA") == "force" and cpp_extension.CUDA_HOME is None:
+        cpp_extension.CUDA_HOME = os.environ.get("CUDA_HOME")  # the fallback test: a CPU torch and a real nvcc
+    try:
         ext = cpp_extension.CUDAExtension(
-            "tuco_kernels._C", sources, extra_link_args=cfg.LINK_FLAGS,
-            extra_compile_args={"cxx": cxx, "nvcc": cfg.NVCC_FLAGS + [cfg.hash_define(source_hash)]})
-    else:
-        ext = cpp_extension.CppExtension("tuco_kernels._C", sources, extra_compile_args={"cxx": cxx},
-                                         extra_link_args=cfg.LINK_FLAGS)
-    cfg.write_build_info(source_hash, "" if with_cuda else why_no_cuda)
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+            "tuco_kernels._C", cpu_sources + [os.path.join("csrc", s) for s in cfg.CUDA_SOURCES],
+            extra_link_args=cfg.LINK_FLAGS,
+            extra_compile_args={"cxx": cxx + ["-DTUCO_WITH_CUDA=1"],
+                                "nvcc": cfg.NVCC_FLAGS + [cfg.hash_define(source_hash), "-DTUCO_WITH_CUDA=1"]})
+    except (OSError, RuntimeError, ValueError) as exc:
+        reason = f"the CUDA build could not be set up: {str(exc).splitlines()[0]}"
+        print(f"tuco_kernels: {reason}; building the CPU ops only", file=sys.stderr)
+        cfg.write_build_info(source_hash, reason)
+        return [cpu_extension()], {"build_ext": _build_ext_class(cpp_extension, None)}
+    cfg.write_build_info(source_hash, "")
+    return [ext], {"build_ext": _build_ext_class(cpp_extension, _Fallback(cfg, source_hash, cpu_extension))}
 
 
 ext_modules, cmdclass = compiled_extensions()

@@ -9,6 +9,9 @@ sources is detected instead of being used silently.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import subprocess
 from pathlib import Path
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
@@ -47,3 +50,31 @@ def write_build_info(source_hash: str | None, why_no_cuda: str) -> None:
     BUILD_INFO_FILE.write_text(
         '"""Written by setup.py when it built tuco_kernels._C; do not edit."""\n'
         f"CSRC_HASH = {source_hash!r}\nWHY_NO_CUDA = {why_no_cuda!r}\n", encoding="utf-8")
+
+
+def cuda_build_problem(torch_cuda: str | None, cuda_home: str | None) -> str | None:
+    """Why the CUDA op cannot be built here (None: try it), checked before compiling anything.
+
+    ``torch_cuda`` is ``torch.version.cuda``, ``cuda_home`` cpp_extension's CUDA_HOME. ``TUCO_BUILD_CUDA=0``
+    skips CUDA; ``TUCO_BUILD_CUDA=force`` attempts it whatever the checks say (a test of setup.py's fallback to the
+    CPU ops when the CUDA build fails).
+    """
+    choice = os.environ.get("TUCO_BUILD_CUDA", "1")
+    if choice == "0":
+        return "TUCO_BUILD_CUDA=0 at build time"
+    if choice == "force":
+        return None
+    if torch_cuda is None:
+        return "torch built without CUDA"
+    nvcc = os.path.join(cuda_home or "", "bin", "nvcc")
+    if cuda_home is None or not os.path.exists(nvcc):
+        return "no CUDA toolkit (nvcc) found when tuco_kernels._C was built"
+    try:
+        release = re.search(r"release (\d+)\.(\d+)", subprocess.check_output([nvcc, "--version"], text=True))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return f"{nvcc} --version failed ({exc})"
+    if torch_cuda is not None and release is not None and release.group(1) != torch_cuda.split(".")[0]:
+        return f"nvcc is CUDA {release.group(1)}.{release.group(2)} but torch was built with CUDA {torch_cuda}"
+    if not os.path.exists(os.path.join(cuda_home, "include", "cuda_runtime.h")):
+        return f"{cuda_home}/include/cuda_runtime.h is missing (an incomplete CUDA toolkit)"
+    return None

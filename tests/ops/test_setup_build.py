@@ -1,0 +1,64 @@
+"""setup.py never fails an install because of CUDA: a toolkit that cannot work is detected before compiling, and
+a CUDA build that fails to compile falls back to the CPU ops, with the reason kept for ``tuco info``."""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuco_kernels.ops import build_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CUDA_HOME = next((p for p in [os.environ.get("CUDA_HOME"), *sorted(glob.glob("/usr/local/cuda*"), reverse=True)]
+                  if p and (Path(p) / "bin" / "nvcc").is_file() and (Path(p) / "include" / "cuda_runtime.h").is_file()),
+                 None)
+
+
+def test_unusable_toolkits_are_named_before_compiling(monkeypatch, tmp_path):
+    monkeypatch.delenv("TUCO_BUILD_CUDA", raising=False)
+    assert build_config.cuda_build_problem(None, "/usr/local/cuda") == "torch built without CUDA"
+    assert "no CUDA toolkit (nvcc)" in build_config.cuda_build_problem("13.0", None)
+    assert "no CUDA toolkit (nvcc)" in build_config.cuda_build_problem("13.0", str(tmp_path))
+    monkeypatch.setenv("TUCO_BUILD_CUDA", "0")
+    assert build_config.cuda_build_problem("13.0", "/usr/local/cuda") == "TUCO_BUILD_CUDA=0 at build time"
+
+
+@pytest.mark.skipif(CUDA_HOME is None, reason="nvcc not found: no toolkit to compare versions with")
+def test_a_toolkit_of_another_major_version_is_refused(monkeypatch):
+    monkeypatch.delenv("TUCO_BUILD_CUDA", raising=False)
+    out = subprocess.run([str(Path(CUDA_HOME) / "bin" / "nvcc"), "--version"], capture_output=True, text=True).stdout
+    major = int(out.split("release ")[1].split(".")[0])
+    problem = build_config.cuda_build_problem(f"{major - 1}.8", CUDA_HOME)
+    assert problem.startswith(f"nvcc is CUDA {major}.") and f"torch was built with CUDA {major - 1}.8" in problem
+    assert build_config.cuda_build_problem(f"{major}.0", CUDA_HOME) is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CUDA_HOME is None, reason="nvcc not found: the CUDA compile cannot even start here")
+def test_failed_cuda_build_falls_back_to_the_cpu_ops(tmp_path):
+    """TUCO_BUILD_CUDA=force attempts the CUDA op with this CPU-only torch: nvcc fails (the CPU wheel lacks torch's
+    CUDA headers), and the build goes on with the CPU ops, exit 0, the reason recorded."""
+    tree = tmp_path / "src"
+    (tree / "tuco_kernels" / "ops").mkdir(parents=True)
+    for name in ("setup.py", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
+    shutil.copytree(ROOT / "csrc", tree / "csrc")
+    shutil.copy(ROOT / "tuco_kernels" / "ops" / "build_config.py", tree / "tuco_kernels" / "ops")
+    for init in ("tuco_kernels/__init__.py", "tuco_kernels/ops/__init__.py"):
+        (tree / init).touch()
+    env = {**os.environ, "TUCO_BUILD_CUDA": "force", "CUDA_HOME": CUDA_HOME, "TORCH_CUDA_ARCH_LIST": "9.0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the CUDA build of tuco_kernels._C failed" in result.stderr
+    assert list((tree / "tuco_kernels").glob("_C*.so"))
+    info = (tree / "tuco_kernels" / "_build_info.py").read_text()
+    assert "WHY_NO_CUDA = " in info and "the CUDA build failed: Error compiling objects" in info
+    check = subprocess.run([sys.executable, "-c", "import torch, tuco_kernels._C; print(torch.ops.tuco.build_info())"],
+                           cwd=tree, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0 and check.stdout.strip().endswith("cuda=0"), check.stderr[-2000:]
