@@ -84,13 +84,19 @@ def _model_bytes(model, gguf, dtype) -> int:
 
 def choose_offload(pretrained, finetuned, max_gpu_memory, device, dtype, g_pt=None, g_ft=None) -> str:
     """'none' if both models fit the budget with a quarter of it left to compute in, else 'cpu' if host
-    memory holds both (with 10% spare), else 'disk'. Without a budget: 'none'."""
+    memory holds what offload="cpu" pins (with 10% spare), else 'disk'. Without a budget: 'none'.
+
+    offload="cpu" page-locks exactly the bytes of each streamed model's blocks (no power-of-two rounding,
+    see stream.HostArena); a LoRA fine-tuned side is merged on the device from the pre-trained weights, so it
+    adds nothing there, while resident it is a full second model."""
+    from .pair import _is_adapter_dir
+
     budget = parse_size(max_gpu_memory)
     if budget is None:
         return "none"
     pt = _model_bytes(pretrained, g_pt, dtype)
-    ft = _model_bytes(finetuned, g_ft, dtype) or pt  # an adapter is merged into a full copy
-    if pt + ft <= 0.75 * budget:
+    ft = 0 if _is_adapter_dir(finetuned) else _model_bytes(finetuned, g_ft, dtype)
+    if pt + (ft or pt) <= 0.75 * budget:
         return "none"
     return "cpu" if pt + ft <= 0.9 * host_memory_available() else "disk"
 

@@ -4,14 +4,20 @@ Per layer l the engine needs the pre-trained and fine-tuned weights of block l o
 ``LayerStreamer.layers()`` yields them in order, with the next layer's copy under way while the
 current one computes:
 
-    host side        offload="cpu": every layer of both models packed in one pinned buffer per layer
-                     (read once at load time);  offload="disk": two reusable pinned staging buffers per
-                     model, filled from the safetensors files (checkpoint.py) by a reader thread
+    host side        offload="cpu": every layer of both models packed in one page-locked arena per model
+                     (read once at load time);  offload="disk": two reusable staging buffers per model in
+                     one arena, filled from the safetensors files (checkpoint.py) by a reader thread.
+                     An arena is ordinary memory of exactly the size needed, page-locked with
+                     cudaHostRegister: torch's pinned allocator would round every request up to a power
+                     of two (a 634 MB bf16 13B layer would take 1 GiB, 80 GiB per model instead of 26).
     device side      (CUDA) two device slots per model (double buffer); layer l+1 is copied host-to-
                      device on a side stream while layer l computes on the current stream. Events order
                      it: the copy of l+1 into slot s waits for the compute that last used s (``free``);
                      the compute of l+1 waits for its copy (``ready``); a staging buffer is refilled only
-                     after the copy out of it finished (``staged``). Buffers are allocated once.
+                     after the copy out of it finished (``staged``). Buffers are allocated once. A pass
+                     starts with the copy stream waiting for everything already queued on the compute
+                     stream, so a pass that was abandoned half-way (an error, a budget check) cannot have
+                     its slots overwritten under it.
                      (CPU) the weights are used where they are: views of the host buffers.
 
 A LoRA fine-tuned side costs no second copy: its weights are the pre-trained slot's tensors, with the
@@ -102,6 +108,48 @@ class StreamProfile:
         return rows
 
 
+class HostArena:
+    """``nbytes`` of host memory as one uint8 tensor, page-locked when ``pin`` (for asynchronous copies).
+
+    Ordinary (pageable) memory of exactly the size asked for, registered with ``cudaHostRegister``;
+    ``torch.empty(pin_memory=True)`` would go through the caching host allocator, which rounds each
+    request up to a power of two. ``close()`` unregisters it (also done when it is garbage-collected).
+    """
+
+    PAGE = 4096
+
+    def __init__(self, nbytes: int, pin: bool):
+        self.nbytes = int(nbytes)
+        self._registered = 0
+        if not pin or self.nbytes == 0:
+            self.tensor = torch.empty(self.nbytes, dtype=torch.uint8)
+            return
+        span = -(-self.nbytes // self.PAGE) * self.PAGE
+        raw = torch.empty(span + self.PAGE, dtype=torch.uint8)
+        skip = -raw.data_ptr() % self.PAGE
+        self._raw, self.tensor = raw, raw[skip:skip + self.nbytes]
+        err = torch.cuda.cudart().cudaHostRegister(raw.data_ptr() + skip, span, 0)
+        if int(err) != 0:
+            raise TucoError(f"cannot page-lock {span / 2**30:.2f} GiB of host memory for the weights "
+                            f"(cudaHostRegister: {err}); free host memory or use offload='disk'")
+        self._registered = raw.data_ptr() + skip
+
+    @property
+    def pinned_bytes(self) -> int:
+        return self.nbytes if self._registered else 0
+
+    def close(self) -> None:
+        if self._registered:
+            torch.cuda.cudart().cudaHostUnregister(self._registered)
+            self._registered = 0
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the CUDA runtime may already be gone
+            pass
+
+
 def _run_block(block, weights, x, **kwargs):
     return functional_call(block, weights, (x,), kwargs, strict=False, tie_weights=False)
 
@@ -113,14 +161,12 @@ class _ModelHost:
                  offload: str, pin: bool, prefix: str | None):
         self.source, self.names, self.layout, self.offload = source, names, layout, offload
         self.stored = [[(rel, resolve_name(source, full, prefix, [])) for rel, full in layer] for layer in names]
-        alloc = functools.partial(torch.empty, layout.nbytes, dtype=torch.uint8, pin_memory=pin)
+        count = len(names) if offload == "cpu" else 2
+        self.arena = HostArena(count * layout.nbytes, pin)
+        self.buffers = [self.arena.tensor[i * layout.nbytes:(i + 1) * layout.nbytes] for i in range(count)]
         if offload == "cpu":
-            self.buffers = []
-            for l in range(len(names)):
-                self.buffers.append(alloc())
-                self.fill(l, self.buffers[-1])
-        else:
-            self.buffers = [alloc(), alloc()]
+            for l, buffer in enumerate(self.buffers):
+                self.fill(l, buffer)
 
     def fill(self, l: int, flat: torch.Tensor) -> int:
         views = self.layout.views(flat)
@@ -135,8 +181,13 @@ class _ModelHost:
 class LayerStreamer:
     """Yields (l, run_pt, run_ft) for every layer with both blocks' weights on ``device``; see the module doc."""
 
+    #: False only in tests: skip the copy stream's waits for compute (the negative control of the GPU tests)
+    _order_copies = True
+
     def __init__(self, *, skeleton, family, pt_source: TensorSource, ft_source: TensorSource | None,
                  adapter: LoraAdapter | None, device, dtype: torch.dtype, offload: str, prefetch: bool = True):
+        """``prefetch`` (copy layer l+1 while layer l computes) is an attribute that may be changed between
+        passes: False copies each layer on the compute stream when it is needed (the serial baseline)."""
         if offload not in ("cpu", "disk"):
             raise ValueError(offload)
         self.device, self.dtype, self.offload, self.prefetch = torch.device(device), dtype, offload, prefetch
@@ -163,6 +214,7 @@ class LayerStreamer:
             self.free = [torch.cuda.Event() for _ in range(2)]
             self.staged = [torch.cuda.Event() for _ in range(2)]
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuco-stream")
+        self._prefetching = prefetch
         self.profile: StreamProfile | None = None
 
     # ---------------------------------------------------------------------------------------- sizes
@@ -171,6 +223,16 @@ class LayerStreamer:
     def layer_bytes(self) -> int:
         """Bytes of one layer of both models as stored on the host (what crosses to the device per layer)."""
         return self.layout.nbytes * len(self.hosts)
+
+    @property
+    def host_bytes(self) -> int:
+        """Host memory held for the weights: every layer of each streamed model ("cpu") or two staging buffers."""
+        return sum(h.arena.nbytes for h in self.hosts)
+
+    @property
+    def pinned_bytes(self) -> int:
+        """The part of ``host_bytes`` that is page-locked (all of it on a CUDA device, none on CPU)."""
+        return sum(h.arena.pinned_bytes for h in self.hosts)
 
     @property
     def device_bytes(self) -> int:
@@ -239,9 +301,10 @@ class LayerStreamer:
             weights = [h.layout.views(h.host_buffer(l, s)) for h in self.hosts]
         else:
             # without prefetch the copy runs on the compute stream itself: nothing overlaps (the baseline)
-            stream = self.copy_stream if self.prefetch else torch.cuda.current_stream(self.device)
+            stream = self.copy_stream if self._prefetching else torch.cuda.current_stream(self.device)
             with torch.cuda.device(self.device), torch.cuda.stream(stream):
-                stream.wait_event(self.free[s])  # the compute that last read slot s is done
+                if self._order_copies:
+                    stream.wait_event(self.free[s])  # the compute that last read slot s is done
                 start = end = None
                 if prof is not None:
                     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -266,17 +329,23 @@ class LayerStreamer:
         """Generator over the layers; the caller's work between two ``next`` calls is layer l's compute."""
         self.profile = profile
         cuda = self.device.type == "cuda"
+        prefetch = self._prefetching = self.prefetch
         compute_stream = torch.cuda.current_stream(self.device) if cuda else None
         t_wall = time.perf_counter()
-        if cuda and profile is not None:
-            wall_start = torch.cuda.Event(enable_timing=True)
-            wall_start.record(compute_stream)
-        submit = self.pool.submit if self.prefetch else _run_now
+        if cuda:
+            if self._order_copies:
+                # whatever is queued on the compute stream (an earlier pass, possibly abandoned half-way, may
+                # still read a slot) comes before this pass's first copy
+                self.copy_stream.wait_stream(compute_stream)
+            if profile is not None:
+                wall_start = torch.cuda.Event(enable_timing=True)
+                wall_start.record(compute_stream)
+        submit = self.pool.submit if prefetch else _run_now
         future = submit(self._prepare, 0)
         try:
             for l in range(self.n_layers):
                 pt_w, ft_w = future.result()
-                nxt = submit(self._prepare, l + 1) if self.prefetch and l + 1 < self.n_layers else None
+                future = submit(self._prepare, l + 1) if prefetch and l + 1 < self.n_layers else None
                 if cuda:
                     compute_stream.wait_event(self.ready[l % 2])
                     if profile is not None:
@@ -284,19 +353,21 @@ class LayerStreamer:
                         c0.record(compute_stream)
                 t0 = time.perf_counter()
                 block = self.blocks[l]
-                yield (l, functools.partial(_run_block, block, pt_w), functools.partial(_run_block, block, ft_w))
+                try:
+                    yield (l, functools.partial(_run_block, block, pt_w), functools.partial(_run_block, block, ft_w))
+                finally:
+                    if cuda:  # also when the pass is abandoned here: the slot is free once this compute is done
+                        self.free[l % 2].record(compute_stream)
                 if cuda:
                     if profile is not None:
                         c1.record(compute_stream)
                         profile._pending.append(("compute", c0, c1))
-                    self.free[l % 2].record(compute_stream)
                 elif profile is not None:
                     profile.seconds_compute += time.perf_counter() - t0
                 if profile is not None:
                     profile.layers += 1
-                if not self.prefetch and l + 1 < self.n_layers:
-                    nxt = submit(self._prepare, l + 1)
-                future = nxt
+                if not prefetch and l + 1 < self.n_layers:
+                    future = submit(self._prepare, l + 1)
         finally:
             if future is not None:
                 wait([future])  # an abandoned pass must not leave the reader writing into a buffer
@@ -318,8 +389,13 @@ class LayerStreamer:
         self.profile = None
 
     def close(self):
+        """Stop the reader thread, wait for copies in flight, unlock the host memory and close the files."""
         self.pool.shutdown(wait=True)
+        if self.device.type == "cuda":
+            self.copy_stream.synchronize()
+            torch.cuda.current_stream(self.device).synchronize()
         for h in self.hosts:
+            h.arena.close()
             h.source.close()
 
 
