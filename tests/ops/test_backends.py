@@ -22,7 +22,7 @@ NORM_TOL = dict(rtol=1e-5, atol=1e-5)   # fp32 sums of d terms in another order
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ALPHAS = [0.0, 0.75, 1.0, 1.25]
 
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+GPU = pytest.mark.gpu
 # (backend, device): every pair a machine may have; unavailable ones skip with the dispatch's reason.
 TARGETS = [("cpu", "cpu"), ("triton", "cpu"),
            pytest.param("cuda", "cuda", marks=GPU), pytest.param("triton", "cuda", marks=GPU)]

@@ -17,8 +17,7 @@ def layer_step_triton_op(x, pt, ft, last, acc_p, acc_f, out, norms):
     return out * 2.0
 
 
-GPU = pytest.mark.skipif(not torch.cuda.is_available(),
-                         reason="needs a CUDA GPU (torch.compile cannot trace the Triton interpreter)")
+GPU = pytest.mark.gpu   # torch.compile cannot trace the Triton interpreter
 
 
 @pytest.mark.parametrize("backend, device, step, compiler", [
