@@ -1,32 +1,39 @@
-"""Memory-constrained scoring of a Llama-2-13B-shaped pair: streamed vs resident vs prompt-by-prompt, in one run.
+"""Memory-constrained scoring of a Llama-2-13B-shaped pair: resident vs streamed vs prompt-by-prompt, in one run.
 
 The pair has random weights (hidden 5120, 40 layers, intermediate 13824, bf16; ~13B parameters per model),
-generated deterministically per tensor on the device -- the resident models and the pinned host copy the
-streamer reads hold the same values, so their TuCo is compared too. Measured:
+generated deterministically per tensor on the device, so the resident models and the host copy the streamer
+reads hold the same values and their TuCo is compared too. In order, each printed as soon as it is measured:
 
-    pinned host-to-device bandwidth     one 1 GiB copy, median of 5
-    resident                            both models on the GPU (when they fit), prompt-major
-    streamed at 8 GiB and 24 GiB        offload="cpu" (pinned host), layer-major, max_gpu_memory; peak memory
-                                        asserted ≤ budget (torch.cuda.max_memory_allocated) under
+    pinned host-to-device bandwidth     a 1 GiB copy from page-locked memory, CUDA events, median of 5
+    resident                            both models on the GPU (when they fit), prompt-major; then freed
+    streamed at 8 GiB and 24 GiB        offload="cpu" (one page-locked arena per model, exactly its size),
+                                        layer-major, max_gpu_memory; peak memory asserted ≤ budget under
                                         set_per_process_memory_fraction
-    prompt-by-prompt baseline           AirLLM-style: every prompt streams every layer, no prefetch, the copy on
-                                        the compute stream (on --baseline-prompts prompts; tokens/s compares)
+    prompt-by-prompt baseline           the same streamed pair with prefetch off, AirLLM-style: each prompt
+                                        streams every layer, the copy on the compute stream (--baseline-prompts)
+    disk                                an --disk-layers pair of the same width written to local safetensors,
+                                        evicted from the page cache, streamed with offload="disk"
 
-Targets (issue 4): at 8 GiB ≥ 80% of resident throughput, copies ≥ 80% of the pinned bandwidth, ≥ 50× the
-baseline. Prints a table and appends to bench/results/stream.csv with device and versions.
+Targets (issue 11): at 8 GiB ≥ 80% of resident throughput, copies ≥ 80% of the pinned bandwidth, ≥ 50× the
+baseline. Appends to <results>/stream.csv with device and versions.
 
-    python bench/stream.py                      # the 13B shape; needs a CUDA GPU and ~60 GB of host memory
-    python bench/stream.py --small --device cpu # a tiny shape, to check the script itself (CI runs this)
+    python bench/stream.py                       # the 13B shape: a CUDA GPU, ~60 GB of host memory, ~12 GB of disk
+    python bench/stream.py --small --device cpu  # a tiny shape, to check the script itself (CI runs this)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import tempfile
 import time
-import zlib
+from pathlib import Path
 
 import torch
-from common import append_rows, provenance
+from common import append_rows, llama_config, provenance, random_model, random_tensor, target
+from safetensors.torch import save_file
 
 import tuco_kernels as tk
 from tuco_kernels.checkpoint import TensorSource
@@ -38,7 +45,7 @@ GiB = 2**30
 
 
 class RandomSource(TensorSource):
-    """Deterministic random weights by name (std 0.02; norms 1), generated on ``device`` and copied out."""
+    """Deterministic random weights by name (bench/common.random_tensor), generated on ``device``, copied out."""
 
     def __init__(self, frame, seed: int, device: str):
         self.where = f"random weights (seed {seed})"
@@ -51,47 +58,21 @@ class RandomSource(TensorSource):
     def spec(self, name):
         return self.specs[name]
 
-    def tensor(self, name, dtype):
-        _, shape = self.specs[name]
-        if "norm" in name:
-            return torch.ones(shape, dtype=dtype, device=self.device)
-        g = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
-        return (torch.randn(shape, generator=g, device=self.device) * 0.02).to(dtype)
-
     def read_into(self, name, dest):
-        dest.copy_(self.tensor(name, dest.dtype))
-
-
-def make_config(small: bool):
-    from transformers import LlamaConfig
-
-    if small:
-        return LlamaConfig(vocab_size=320, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)
-    return LlamaConfig(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                       num_attention_heads=40, num_key_value_heads=40, max_position_embeddings=4096)
-
-
-def resident_model(config, source: RandomSource, dtype, device):
-    model = empty_model(config, dtype).to_empty(device=device)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(source.tensor(name, dtype))
-    for buf, fresh in zip(model.buffers(), empty_model(config, dtype).buffers()):  # to_empty left them garbage
-        buf.copy_(fresh)
-    return model.eval()
+        dest.copy_(random_tensor(name, self.specs[name][1], dest.dtype, self.device, self.seed))
 
 
 def pinned_h2d_gbps(device, nbytes=GiB) -> float:
-    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)   # a power of two: no rounding waste
     dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
     times = []
     for _ in range(6):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         dev.copy_(host, non_blocking=True)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
     return nbytes / sorted(times[1:])[len(times[1:]) // 2] / 1e9
 
 
@@ -102,8 +83,32 @@ def timed_score(pair, prompts, device, **kw):
     result = tk.score(pair, prompts, **kw)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    return result, seconds
+    return result, time.perf_counter() - t0
+
+
+def write_checkpoint(directory: Path, config, dtype, seed: int, device: str) -> int:
+    """A random model as sharded safetensors (one shard per layer, as HF shards), flushed and evicted from the page
+    cache so that reading it back measures the disk. Returns the bytes written."""
+    frame = empty_model(config, dtype)
+    groups: dict[str, dict] = {}
+    for name, p in frame.named_parameters():
+        key = f"layer{int(name.split('.')[2]):03d}" if name.startswith("model.layers.") else "outer"
+        groups.setdefault(key, {})[name] = random_tensor(name, p.shape, dtype, device, seed).cpu()
+    directory.mkdir(parents=True, exist_ok=True)
+    weight_map, total = {}, 0
+    for key, tensors in groups.items():
+        file = f"model-{key}.safetensors"
+        save_file(tensors, str(directory / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, file))
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        fd = os.open(directory / file, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)   # drop its clean pages: the read comes from disk
+        os.close(fd)
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                        "weight_map": weight_map}))
+    config.save_pretrained(directory)
+    return total
 
 
 def main():
@@ -115,14 +120,17 @@ def main():
     ap.add_argument("--baseline-prompts", type=int, default=4)
     ap.add_argument("--budgets", default="8GiB,24GiB")
     ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--disk-layers", type=int, default=8, help="layers of the disk-streamed pair (0: skip)")
+    ap.add_argument("--disk-dir", help="where to write it (default: a temporary folder, removed afterwards)")
     ap.add_argument("--no-resident", action="store_true")
     ap.add_argument("--no-csv", action="store_true")
     args = ap.parse_args()
     if args.small:
         args.prompts, args.tokens, args.budgets = min(args.prompts, 16), min(args.tokens, 32), ""
+        args.disk_layers = min(args.disk_layers, 2)
     cuda = args.device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
-    config = make_config(args.small)
+    config = llama_config("small" if args.small else "llama2-13b")
     frame = empty_model(config, dtype)
     n_params = sum(p.numel() for p in frame.parameters())
     sources = [RandomSource(frame, seed, args.device) for seed in (0, 1)]
@@ -132,42 +140,55 @@ def main():
     n_tokens = args.prompts * args.tokens
     rows, prov = [], provenance(args.device)
     print(f"{prov['device']}: pair of {n_params / 1e6:,.0f}M-parameter models ({dtype}), "
-          f"{args.prompts} prompts × {args.tokens} tokens")
+          f"{args.prompts} prompts × {args.tokens} tokens", flush=True)
+    bw = pinned_h2d_gbps(args.device) if cuda else float("nan")
 
     def record(setting, seconds, tokens, result=None, **extra):
-        row = dict(prov, setting=setting, params_per_model=n_params, prompts=args.prompts, tokens_per_prompt=args.tokens,
-                   seconds=round(seconds, 4), tokens_per_s=round(tokens / seconds, 1), **extra)
+        row = dict(prov, setting=setting, params_per_model=n_params, prompts=args.prompts,
+                   tokens_per_prompt=args.tokens, seconds=round(seconds, 4), tokens_per_s=round(tokens / seconds, 1),
+                   pinned_h2d_gbps=round(bw, 2) if cuda else "", **extra)
         if result is not None and "profile" in result.meta:
             p = result.meta["profile"]
-            row.update(h2d_gbps=round(p.h2d_gb_per_s, 2), copy_s=round(p.seconds_copy, 3),
-                       compute_s=round(p.seconds_compute, 3), overlap=round(p.overlap, 3))
+            row.update(h2d_gbps=round(p.h2d_gb_per_s, 2), read_gbps=round(p.read_gb_per_s, 2),
+                       copy_s=round(p.seconds_copy, 3), compute_s=round(p.seconds_compute, 3), overlap=round(p.overlap, 3))
         if result is not None and "peak_gpu_memory" in result.meta:
             row["peak_gib"] = round(result.meta["peak_gpu_memory"] / GiB, 3)
         rows.append(row)
+        shown = ", ".join(f"{k}={row[k]}" for k in ("tokens_per_s", "peak_gib", "h2d_gbps", "read_gbps", "overlap",
+                                                     "max_tuco_diff_vs_resident")
+                          if row.get(k) not in (None, "") and row[k] == row[k])   # NaN: not measured here
+        print(f"{setting}: {seconds:.2f} s; {shown}", flush=True)
+        if not args.no_csv:
+            append_rows("stream", [row])
         return row
 
-    bw = pinned_h2d_gbps(args.device) if cuda else float("nan")
     if cuda:
-        print(f"pinned host-to-device copy: {bw:.1f} GB/s")
+        print(f"pinned host-to-device copy: {bw:.1f} GB/s", flush=True)
 
-    reference = None
+    reference = resident = None
     if not args.no_resident:
         try:
-            pt = resident_model(config, sources[0], dtype, args.device)
-            ft = resident_model(config, sources[1], dtype, args.device)
+            pt = random_model(config, dtype, args.device, seed=0)
+            ft = random_model(config, dtype, args.device, seed=1)
             pair = tk.load_pair(pt, ft)
             tk.score(pair, prompts[:2])  # warm-up
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             reference, seconds = timed_score(pair, prompts, args.device, batch_tokens=args.batch_tokens)
-            record("resident", seconds, n_tokens, reference,
-                   peak_gib=round(torch.cuda.max_memory_allocated() / GiB, 3) if cuda else None)
+            resident = record("resident", seconds, n_tokens, reference,
+                              peak_gib=round(torch.cuda.max_memory_allocated() / GiB, 3) if cuda else None)
             del pair, pt, ft
         except torch.OutOfMemoryError:
-            print("resident: does not fit on this device")
+            print("resident: does not fit on this device", flush=True)
         if cuda:
             torch.cuda.empty_cache()
 
+    t0 = time.perf_counter()
     streamed = streamed_pair(sources[0], config, sources[1], config, dtype=dtype, device=args.device, offload="cpu")
+    print(f"streamed pair ready in {time.perf_counter() - t0:.1f} s: {streamed.streamer.host_bytes / GiB:.2f} GiB of "
+          f"host memory for the weights, {streamed.streamer.pinned_bytes / GiB:.2f} GiB of it page-locked", flush=True)
     budgets = [b for b in args.budgets.split(",") if b] if cuda else []
+    streamed_rows = []
     for budget in budgets or [None]:
         limit = parse_size(budget) if budget else None
         if limit is not None:
@@ -183,41 +204,82 @@ def main():
         extra = {"plan": result.meta["plan"]}
         if reference is not None:
             extra["max_tuco_diff_vs_resident"] = float(abs(result.tuco - reference.tuco).max())
-        record(f"streamed, layer-major, {budget or 'no budget'}", seconds, n_tokens, result, **extra)
+        streamed_rows.append(record(f"streamed, layer-major, {budget or 'no budget'}", seconds, n_tokens, result,
+                                    **extra))
         if limit is not None:
             assert result.meta["peak_gpu_memory"] <= limit, (result.meta["peak_gpu_memory"], limit)
 
+    streamed.streamer.prefetch = False   # the baseline: the same pair, each layer copied when it is needed
     base_prompts = prompts[: args.baseline_prompts]
-    baseline = streamed_pair(sources[0], config, sources[1], config, dtype=dtype, device=args.device, offload="cpu",
-                             prefetch=False)
-    result, seconds = timed_score(baseline, base_prompts, args.device, schedule="prompt", batch_tokens=args.tokens,
+    result, seconds = timed_score(streamed, base_prompts, args.device, schedule="prompt", batch_tokens=args.tokens,
                                   profile=True)
-    record("prompt-by-prompt streaming, no prefetch (AirLLM-style)", seconds, len(base_prompts) * args.tokens, result)
+    base = record("prompt-by-prompt streaming, no prefetch (AirLLM-style)", seconds,
+                  len(base_prompts) * args.tokens, result)
+    streamed.close()
+    del streamed
 
-    by = {r["setting"]: r for r in rows}
-    res = by.get("resident")
-    base = rows[-1]
-    print(f"\n{'setting':<58} {'tokens/s':>10} {'peak GiB':>9} {'H2D GB/s':>9} {'overlap':>8}")
-    for r in rows:
-        print(f"{r['setting']:<58} {r['tokens_per_s']:>10.1f} {r.get('peak_gib') or float('nan'):>9.2f} "
-              f"{r.get('h2d_gbps', float('nan')):>9.2f} {r.get('overlap', float('nan')):>8.2f}")
-    for r in rows:
-        if r["setting"].startswith("streamed"):
-            parts = [f"{r['tokens_per_s'] / base['tokens_per_s']:.1f}× the baseline"]
-            if res is not None:
-                parts.insert(0, f"{100 * r['tokens_per_s'] / res['tokens_per_s']:.0f}% of resident")
-            if cuda and r.get("h2d_gbps"):
-                parts.append(f"copies at {100 * r['h2d_gbps'] / bw:.0f}% of pinned bandwidth")
-            if "max_tuco_diff_vs_resident" in r:
-                parts.append(f"TuCo max |diff| vs resident {r['max_tuco_diff_vs_resident']:.2e}")
-            print(f"{r['setting']}: " + ", ".join(parts))
-            r.update(vs_baseline=round(r["tokens_per_s"] / base["tokens_per_s"], 2),
-                     vs_resident=round(r["tokens_per_s"] / res["tokens_per_s"], 3) if res else None,
-                     h2d_vs_pinned=round(r["h2d_gbps"] / bw, 3) if cuda and r.get("h2d_gbps") else None)
-    for r in rows:
-        r["pinned_h2d_gbps"] = round(bw, 2) if cuda else None
-    if not args.no_csv:
-        print(f"appended to {append_rows('stream', rows)}")
+    for r in streamed_rows:
+        r.update(vs_baseline=round(r["tokens_per_s"] / base["tokens_per_s"], 2),
+                 vs_resident=round(r["tokens_per_s"] / resident["tokens_per_s"], 3) if resident else "",
+                 h2d_vs_pinned=round(r["h2d_gbps"] / bw, 3) if cuda and r.get("h2d_gbps") else "")
+        parts = [f"{r['vs_baseline']}× the baseline"]
+        if resident:
+            parts.insert(0, f"{100 * r['vs_resident']:.0f}% of resident")
+        if r["h2d_vs_pinned"] != "":
+            parts.append(f"copies at {100 * r['h2d_vs_pinned']:.0f}% of pinned bandwidth")
+        print(f"{r['setting']}: " + ", ".join(parts), flush=True)
+        if cuda and "8GiB" in r["setting"]:
+            if resident:
+                target("13B streamed at 8 GiB, % of resident throughput", 100 * r["vs_resident"], "≥ 80%",
+                       r["vs_resident"] >= 0.8, "{:.0f}%")
+            target("13B streamed at 8 GiB, peak device memory GiB", r["peak_gib"], "≤ 8", r["peak_gib"] <= 8)
+            target("13B streamed, copies % of pinned host-to-device bandwidth", 100 * r["h2d_vs_pinned"], "≥ 80%",
+                   r["h2d_vs_pinned"] >= 0.8, "{:.0f}%")
+            target("13B streamed at 8 GiB vs prompt-by-prompt baseline", r["vs_baseline"], "≥ 50×",
+                   r["vs_baseline"] >= 50)
+        if "max_tuco_diff_vs_resident" in r:
+            target("streamed TuCo = resident TuCo (max |diff|)", r["max_tuco_diff_vs_resident"], "≤ 1e-6",
+                   r["max_tuco_diff_vs_resident"] <= 1e-6, "{:.2e}")
+    if not args.no_csv and streamed_rows:   # the ratios need the baseline, measured after the streamed rows
+        append_rows("stream_ratios", [{k: r.get(k, "") for k in (*prov, "setting", "tokens_per_s", "vs_baseline",
+                                                                  "vs_resident", "h2d_vs_pinned")}
+                                      for r in streamed_rows])
+
+    if args.disk_layers:
+        disk_config = llama_config("small" if args.small else "llama2-13b")
+        disk_config.num_hidden_layers = args.disk_layers
+        root = Path(args.disk_dir or tempfile.mkdtemp(prefix="tuco-disk-bench-"))
+        try:
+            t0 = time.perf_counter()
+            written = sum(write_checkpoint(root / side, disk_config, dtype, seed, args.device)
+                          for seed, side in enumerate(("pt", "ft")))
+            print(f"disk pair: {args.disk_layers} layers written ({written / 1e9:.1f} GB) in "
+                  f"{time.perf_counter() - t0:.1f} s to {root}", flush=True)
+            disk_prompts = prompts[: max(2, args.prompts // 4)]
+            disk_tokens = len(disk_prompts) * args.tokens
+            pinned = tk.load_pair(root / "pt", root / "ft", device=args.device, offload="cpu")
+            expected, seconds = timed_score(pinned, disk_prompts, args.device, schedule="layer", profile=True,
+                                            batch_tokens=args.batch_tokens)
+            record(f"{args.disk_layers}-layer pair, offload=cpu (read once, page-locked)", seconds, disk_tokens,
+                   expected)
+            pinned.close()
+            del pinned
+            for side in ("pt", "ft"):
+                for file in (root / side).glob("*.safetensors"):
+                    fd = os.open(file, os.O_RDONLY)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    os.close(fd)
+            disk = tk.load_pair(root / "pt", root / "ft", device=args.device, offload="disk")
+            got, seconds = timed_score(disk, disk_prompts, args.device, schedule="layer", profile=True,
+                                       batch_tokens=args.batch_tokens, max_gpu_memory="8GiB" if cuda else None)
+            diff = float(abs(got.tuco - expected.tuco).max())
+            record(f"{args.disk_layers}-layer pair, offload=disk (read per sweep)", seconds, disk_tokens, got,
+                   max_tuco_diff_vs_resident=diff)
+            target("disk-streamed TuCo = page-locked TuCo (max |diff|)", diff, "0", diff == 0, "{:.2e}")
+            disk.close()
+        finally:
+            if not args.disk_dir:
+                shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch
 from tuco_kernels import ops
 from tuco_kernels.ops.reference import fused_update_reference
 
+pytestmark = pytest.mark.bench
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PROVIDERS = [*ops.BACKENDS[:3], "eager"]
 
