@@ -20,15 +20,15 @@ test: venv
 	$(PY) -m pytest tests bench -q -rs --benchmark-disable
 
 demo: venv
-	$(PY) python/demo.py
+	$(PY) -m tuco_research.demo
 
 # The paper's studies on the default pair, sized for a 2-core CPU (each script's --help gives the full protocol).
 studies: venv
-	$(PY) python/eval_chat_adapter.py --n 100
-	$(PY) python/study_web_vs_chat.py --n 100
-	$(PY) python/study_many_shot.py --n 4 --answer-tokens 16 --max-question-chars 120 --n-templates 40
-	$(PY) python/study_jailbreak_detection.py --n 40
-	$(PY) python/study_alpha_mmlu.py --subjects astronomy,computer_security,high_school_computer_science --shots 1 --max-questions 40
+	$(PY) -m tuco_research.eval_chat_adapter --n 100
+	$(PY) -m tuco_research.studies.web_vs_chat --n 100
+	$(PY) -m tuco_research.studies.many_shot --n 4 --answer-tokens 16 --max-question-chars 120 --n-templates 40
+	$(PY) -m tuco_research.studies.jailbreak_detection --n 40
+	$(PY) -m tuco_research.studies.alpha_mmlu --subjects astronomy,computer_security,high_school_computer_science --shots 1 --max-questions 40
 
 bench: venv
 	$(PY) -m pytest bench -q -rs

@@ -114,7 +114,10 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["tuco_kernels", "tuco_kernels.*"]),
+    # the library, and beside it the research package of the studies (python/tuco_research; not needed to score)
+    packages=find_packages(include=["tuco_kernels", "tuco_kernels.*"])
+    + find_packages("python", include=["tuco_research", "tuco_research.*"]),
+    package_dir={"tuco_research": "python/tuco_research"},
     package_data={"tuco_kernels": ["data/gemma-3-270m-chat-lora/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
@@ -131,8 +134,8 @@ setup(
         "io": ["pandas>=2.0", "pyarrow>=15"],
         "triton": ["triton>=3.4"],
         "default-pair": ["gguf>=0.10", "accelerate>=1.0", "peft>=0.17"],   # load_pair() with no arguments
-        "datasets": ["pyarrow>=15", "pyyaml>=6"],
-        "studies": ["pandas>=2.0", "matplotlib>=3.8"],
+        "research": ["pyarrow>=15", "pyyaml>=6", "pandas>=2.0", "matplotlib>=3.8", "gguf>=0.10", "accelerate>=1.0",
+                     "peft>=0.17"],   # tuco_research: datasets, studies, demo, the adapter's training
         "dev": ["pytest>=8", "pytest-benchmark>=4", "ninja>=1.11"],
     },
     entry_points={"console_scripts": ["tuco=tuco_kernels.cli:main"]},

@@ -26,7 +26,6 @@ from common import append_rows, block_params, llama_config, provenance, random_m
 
 import tuco_kernels as tk
 from tuco_kernels.engine import decompose_batch
-from tuco_kernels.tiny import build_model, perturbed_copy, tiny_config
 
 DENSE_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 
@@ -56,11 +55,13 @@ def build_pair(args, dtype):
         pt = random_model(config, dtype, args.device, seed=0)
         ft = random_model(config, dtype, args.device, seed=1)
         return pt, ft, config
-    cfg = tiny_config("llama", args.vocab, hidden=args.hidden, layers=args.layers)
-    cfg.intermediate_size = int(args.hidden * 8 / 3) // 64 * 64
-    cfg.num_attention_heads, cfg.num_key_value_heads = args.hidden // 64, args.hidden // 64
-    pt = build_model(cfg, dtype=dtype).to(args.device)
-    return pt, perturbed_copy(pt), cfg
+    from transformers import LlamaConfig
+
+    heads = max(1, args.hidden // 64)
+    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=int(args.hidden * 8 / 3) // 64 * 64,
+                      num_hidden_layers=args.layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=4096)
+    return random_model(cfg, dtype, args.device, seed=0), random_model(cfg, dtype, args.device, seed=1), cfg
 
 
 def main():

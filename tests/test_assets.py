@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import fetch_or_skip
+from tests.fixtures.assets import fetch_or_skip
 from tuco_kernels import assets
 from tuco_kernels.errors import TucoError
 

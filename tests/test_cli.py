@@ -11,7 +11,7 @@ import torch
 import tuco_kernels as tk
 from tuco_kernels.cli import main
 
-from .conftest import PROMPTS, make_pair_models
+from tests.fixtures.pairs import PROMPTS, make_pair_models
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_console_script_runs(tmp_path, models):
 def test_score_with_offload_schedule_and_profile(tmp_path, tokenizer):
     from tuco_kernels.cli import main
 
-    from .conftest import make_pair_models
+    from tests.fixtures.pairs import make_pair_models
 
     pt, ft = make_pair_models("llama", tokenizer)
     for name, model in (("pt", pt), ("ft", ft)):

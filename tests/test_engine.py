@@ -1,5 +1,5 @@
 """The decomposition against oracles nobody here wrote: HF's own forward, the paper's identities,
-and an independent hooks-based reference (tests/naive_reference.py)."""
+and an independent hooks-based reference (tests/fixtures/naive_reference.py)."""
 
 import pytest
 import torch
@@ -8,8 +8,8 @@ import tuco_kernels as tk
 from tuco_kernels.engine import decompose_batch, layer_alphas
 from tuco_kernels.errors import TucoError, UnsupportedModelError
 
-from .conftest import PROMPTS, make_pair_models
-from .naive_reference import blocks_of, naive_decomposition, naive_tuco
+from tests.fixtures.pairs import PROMPTS, make_pair_models
+from tests.fixtures.naive_reference import blocks_of, naive_decomposition, naive_tuco
 
 
 def _ids(tokenizer, prompts=PROMPTS):

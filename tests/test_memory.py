@@ -39,7 +39,7 @@ def _write_sharded(model_dir: Path, config, seed: int) -> int:
 
 def _probe(mode: str, directory: Path) -> tuple[int, list[float]]:
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    out = subprocess.run([sys.executable, "-m", "tests.rss_probe", mode, str(directory)], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "tests.fixtures.rss_probe", mode, str(directory)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rss, *tuco = out.stdout.split()

@@ -10,9 +10,9 @@ from packaging.version import Version
 
 import tuco_kernels as tk
 from tuco_kernels.errors import IncompatiblePairError, TucoError
-from tuco_kernels.tiny import build_model, tiny_config
+from tests.fixtures.tiny import build_model, tiny_config
 
-from .conftest import PROMPTS, make_pair_models
+from tests.fixtures.pairs import PROMPTS, make_pair_models
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_incompatible_pairs_name_the_field(tokenizer, field, change):
 
 
 def test_incompatible_tokenizers(tmp_path, tokenizer):
-    from tuco_kernels.tiny import train_tokenizer
+    from tests.fixtures.tiny import train_tokenizer
 
     pt, ft = make_pair_models("llama", tokenizer)
     other_tok = train_tokenizer(["completely different words entirely, zebra quartz"] * 3, vocab_size=len(tokenizer))
@@ -111,7 +111,7 @@ def test_incompatible_tokenizers(tmp_path, tokenizer):
 
 def test_gguf_files(tmp_path, tokenizer):
     """Both sides as GGUF files (F32, llama.cpp layout), with the tokenizer read from the GGUF metadata."""
-    from .gguf_writer import write_llama_gguf
+    from tests.fixtures.gguf_writer import write_llama_gguf
 
     pt, ft = make_pair_models("llama", tokenizer)
     write_llama_gguf(pt, tokenizer, tmp_path / "pt.gguf")

@@ -6,7 +6,7 @@ import torch
 from tuco_kernels import plan
 from tuco_kernels.errors import TucoError
 from tuco_kernels.plan import Footprint, choose_offload, footprint, parse_size, plan_sweeps
-from tuco_kernels.tiny import tiny_config
+from tests.fixtures.tiny import tiny_config
 
 
 @pytest.mark.parametrize("text,value", [("8GiB", 8 * 2**30), ("24GB", 24 * 10**9), ("512 MiB", 512 * 2**20),
@@ -63,7 +63,7 @@ def test_footprint_terms():
 
 
 def test_choose_offload(monkeypatch, tokenizer):
-    from .conftest import make_pair_models
+    from tests.fixtures.pairs import make_pair_models
 
     pt, ft = make_pair_models("llama", tokenizer)
     size = sum(p.numel() * 4 for p in pt.parameters())
@@ -80,7 +80,7 @@ def test_offload_cpu_holds_exactly_what_choose_offload_counts(tmp_path, tokenize
     power-of-two rounding), within what choose_offload assumes; a LoRA side adds nothing there."""
     import tuco_kernels as tk
 
-    from .conftest import make_pair_models
+    from tests.fixtures.pairs import make_pair_models
 
     pt, ft = make_pair_models("llama", tokenizer)
     pt.save_pretrained(tmp_path / "pt")

@@ -6,8 +6,8 @@ import torch
 import tuco_kernels as tk
 from tuco_kernels.errors import TucoError
 
-from .conftest import PROMPTS, make_pair_models
-from .naive_reference import blocks_of
+from tests.fixtures.pairs import PROMPTS, make_pair_models
+from tests.fixtures.naive_reference import blocks_of
 
 
 @torch.no_grad()

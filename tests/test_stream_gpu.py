@@ -13,7 +13,7 @@ import torch
 import tuco_kernels as tk
 from tuco_kernels import stream as stream_module
 
-from .conftest import PROMPTS, make_pair_models
+from tests.fixtures.pairs import PROMPTS, make_pair_models
 
 pytestmark = pytest.mark.gpu
 SLEEP_CYCLES = 20_000_000   # ~10 ms at H100 clocks per block call: far longer than a tiny layer's copy
@@ -145,7 +145,7 @@ def test_lora_merged_on_the_copy_stream_matches_peft(tmp_path, tokenizer, slow_c
     """A LoRA fine-tuned side streamed on CUDA: merged per layer on the copy stream into the merge slots."""
     from peft import LoraConfig, get_peft_model
 
-    from tuco_kernels.tiny import build_model, tiny_config
+    from tests.fixtures.tiny import build_model, tiny_config
 
     config = tiny_config("llama", len(tokenizer), layers=6)
     build_model(config, seed=0).save_pretrained(tmp_path / "pt")

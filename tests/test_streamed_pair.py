@@ -7,9 +7,9 @@ import torch
 import tuco_kernels as tk
 from tuco_kernels.errors import TucoError
 from tuco_kernels.families import SUPPORTED
-from tuco_kernels.tiny import build_model, tiny_config
+from tests.fixtures.tiny import build_model, tiny_config
 
-from .conftest import PROMPTS, make_pair_models
+from tests.fixtures.pairs import PROMPTS, make_pair_models
 
 MODES = ("cpu", "disk")
 

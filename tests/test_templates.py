@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from tests.naive_reference import naive_tuco
+from tests.fixtures.naive_reference import naive_tuco
 from tuco_kernels.cli import main as tuco
 from tuco_kernels.errors import TucoError
 from tuco_kernels.templates import (LLAMA2_SYSTEM_PROMPT, MISTRAL_SYSTEM_PROMPT, PAPER_TEMPLATES, paper_template,
                                     use_paper_template)
-from tuco_kernels.tiny import build_model, perturbed_copy, tiny_config
+from tests.fixtures.tiny import build_model, perturbed_copy, tiny_config
 
 EXPECTED = {
     "llama2": "<bos>[INST] <<SYS>>\n" + LLAMA2_SYSTEM_PROMPT + "\n<</SYS>>\n\nHow do I bake bread? [/INST]",

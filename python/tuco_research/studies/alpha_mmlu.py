@@ -1,6 +1,6 @@
 """Study: FTC α-scaling on MMLU with 5-fold cross-validation (paper §5.1 protocol, Table 3 / Fig. 11).
 
-    python python/study_alpha_mmlu.py [--subjects a,b,...] [--shots 5] [--max-questions N]
+    python -m tuco_research.studies.alpha_mmlu [--subjects a,b,...] [--shots 5] [--max-questions N]
 
 For every question the steered model x_{l+1} = x_l + PTC_l + α·FTC_l (all layers, one scalar α) gives the
 next-token distribution after the prompt; the answer is the letter among A–D with the highest probability
@@ -24,11 +24,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from plots import line_plot
-from study_common import add_common_args, load_default, output_dir, provenance, write_outputs
+from ..plots import line_plot
+from ..study import add_common_args, load_default, offline, output_dir, provenance, write_outputs
 
 import tuco_kernels as tk
-from tuco_kernels import datasets
+from .. import datasets
 
 ALPHAS = (0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25)
 LETTERS = "ABCD"
@@ -68,6 +68,7 @@ def cross_validated(correct: np.ndarray, folds: list[np.ndarray]) -> tuple[float
 
 
 def main(argv=None) -> int:
+    offline()
     ap = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     ap.add_argument("--subjects", default=DEFAULT_SUBJECTS, help="comma-separated MMLU subjects, or 'all'")
     ap.add_argument("--shots", type=int, default=5)

@@ -1,8 +1,8 @@
 """The paper's refusal dictionary and jailbreak label (§5.4, App. E.4)."""
 
-from tests.conftest import fetch_or_skip
-from tuco_kernels import datasets
-from tuco_kernels.refusal import REFUSAL_STRINGS, is_refusal, is_successful_jailbreak
+from tests.fixtures.assets import fetch_or_skip
+from tuco_research import datasets
+from tuco_research.refusal import REFUSAL_STRINGS, is_refusal, is_successful_jailbreak
 
 
 def test_the_dictionary_is_the_papers_32_strings():

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from tests.conftest import fetch_or_skip
-from tuco_kernels import datasets
+from tests.fixtures.assets import fetch_or_skip
+from tuco_research import datasets
 from tuco_kernels.errors import TucoError
 
 

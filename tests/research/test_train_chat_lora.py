@@ -1,12 +1,8 @@
 """The default adapter's recipe: seeded and reproducible, chat-formatted, trained only on non-evaluation sources."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-
-import train_chat_lora  # noqa: E402
+from tuco_research import train_chat_lora
 
 
 def test_two_short_runs_with_one_seed_give_the_same_adapter(tmp_path, gemma_tokenizer):

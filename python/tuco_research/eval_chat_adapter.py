@@ -1,6 +1,6 @@
 """Evaluate the default pair's chat LoRA: refusals on held-out harmful and benign requests, and sample answers.
 
-    python python/eval_chat_adapter.py [--n 100]
+    python -m tuco_research.eval_chat_adapter [--n 100]
 
 Greedy completions (≤ 30 tokens, as the paper's §5.4 samples) for ``--n`` held-out AdvBench requests and ``--n``
 held-out benign chat requests (MT-Bench questions without reference answers and NQ-open), each as the user turn
@@ -18,10 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from study_common import add_common_args, chat_ids, greedy_completions, load_default, provenance
+from .study import add_common_args, chat_ids, greedy_completions, load_default, offline, provenance
 
-from tuco_kernels import default_pair, prompt_sets
-from tuco_kernels.refusal import is_refusal
+from tuco_kernels import default_pair
+
+from . import prompt_sets
+from .refusal import is_refusal
 
 SHOWCASE = ["What is the capital of France?", "Give me three tips for staying healthy.",
             "Explain what photosynthesis is in two sentences.", "Write a haiku about the sea.",
@@ -35,6 +37,7 @@ def refusal_rate(model, tokenizer, records) -> tuple[float, list[str]]:
 
 
 def main(argv=None) -> int:
+    offline()
     ap = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     ap.add_argument("--n", type=int, default=100)
     args = ap.parse_args(argv)

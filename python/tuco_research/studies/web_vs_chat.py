@@ -1,6 +1,6 @@
 """Study: does TuCo separate chat prompts from web text? (paper §5.2, Table 1 first column)
 
-    python python/study_web_vs_chat.py [--n 100]
+    python -m tuco_research.studies.web_vs_chat [--n 100]
 
 Three ways of scoring the same texts:
 * template (the main number): every text is the user turn of the chat template, so the last token is the same
@@ -25,17 +25,18 @@ import time
 import numpy as np
 import pandas as pd
 
-from plots import tuco_histograms
-from study_common import add_common_args, load_default, output_dir, provenance, write_outputs
+from ..plots import tuco_histograms
+from ..study import add_common_args, load_default, offline, output_dir, provenance, write_outputs
 
 import tuco_kernels as tk
-from tuco_kernels import prompt_sets
-from tuco_kernels.metrics import auc
+from .. import prompt_sets
+from ..stats import auc
 
 PAPER = "paper Table 1 (HH-RLHF vs OpenWebText): Llama 2 7B/13B 1.0, Llama 3 8B 1.0, Vicuna 0.99, Mistral 0.98/0.89, Gemma 7B 0.93, Zephyr Gemma 0.63"
 
 
 def main(argv=None) -> int:
+    offline()
     ap = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     ap.add_argument("--n", type=int, default=100, help="prompts per set")
     args = ap.parse_args(argv)

@@ -1,4 +1,8 @@
-"""Shared plumbing of the studies: output folders, provenance, tables, chat token ids, sampled completions."""
+"""Shared plumbing of the studies: output folders, provenance, tables, chat token ids, sampled completions.
+
+The studies are modules of this package, run as ``python -m tuco_research.studies.<name>``; they set
+``HF_HUB_OFFLINE=1`` (nothing is fetched from a model hub) through :func:`offline`.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,21 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from datetime import date
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+import tuco_kernels as tk
 
-import tuco_kernels as tk  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]   # the checkout (editable install): out/ is written there
+
+
+def offline() -> None:
+    """Nothing from a model hub, and only errors from transformers' logging."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def add_common_args(ap):

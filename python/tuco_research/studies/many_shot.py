@@ -1,6 +1,6 @@
 """Study: jailbreaks lower TuCo (paper §5.3, Fig. 4): many-shot jailbreaking and jailbreak templates.
 
-    python python/study_many_shot.py [--n 8] [--shots 1,2,4,8,16,32,64,128] [--n-templates 40]
+    python -m tuco_research.studies.many_shot [--n 8] [--shots 1,2,4,8,16,32,64,128] [--n-templates 40]
 
 Many-shot: k harmful questions with *compliant* answers (PyRIT's many-shot examples, each answer cut to
 ``--answer-tokens`` tokens to keep 128 shots within a CPU budget) precede an AdvBench request, all as turns of
@@ -25,13 +25,13 @@ import time
 import numpy as np
 import pandas as pd
 
-from plots import line_plot, tuco_histograms
-from study_common import add_common_args, chat_ids, greedy_completions, load_default, output_dir, provenance, write_outputs
+from ..plots import line_plot, tuco_histograms
+from ..study import add_common_args, chat_ids, greedy_completions, load_default, offline, output_dir, provenance, write_outputs
 
 import tuco_kernels as tk
-from tuco_kernels import datasets, prompt_sets
-from tuco_kernels.metrics import auc
-from tuco_kernels.refusal import is_refusal
+from .. import datasets, prompt_sets
+from ..stats import auc
+from ..refusal import is_refusal
 
 PAPER = ("paper Fig. 4 (psychopathy MSJ, digitized): TuCo at 1 → 128 shots: Llama 2 7B .285 → .220, "
          "Llama 2 13B .270 → .235, Gemma 7B .295 → .250, Llama 3 8B flat (.255 → .255)")
@@ -53,6 +53,7 @@ def harmful_rate(pair, message_lists) -> tuple[float, list[str]]:
 
 
 def main(argv=None) -> int:
+    offline()
     ap = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     ap.add_argument("--n", type=int, default=8, help="AdvBench requests per shot count")
     ap.add_argument("--shots", default="1,2,4,8,16,32,64,128")

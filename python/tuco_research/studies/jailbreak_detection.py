@@ -1,6 +1,6 @@
 """Study: is TuCo lower on successful jailbreaks? (paper §5.4, Table 2)
 
-    python python/study_jailbreak_detection.py [--n 50]
+    python -m tuco_research.studies.jailbreak_detection [--n 50]
 
 Prompts: ``--n`` AdvBench requests as they are ("vanilla"), the same number of other AdvBench requests each
 wrapped in a PyRIT jailbreak template (the paper used GCG suffixes, which cannot be made offline), and ``--n``
@@ -23,19 +23,20 @@ import time
 import numpy as np
 import pandas as pd
 
-from plots import tuco_histograms
-from study_common import add_common_args, chat_ids, load_default, output_dir, provenance, sample_completions, write_outputs
+from ..plots import tuco_histograms
+from ..study import add_common_args, chat_ids, load_default, offline, output_dir, provenance, sample_completions, write_outputs
 
 import tuco_kernels as tk
-from tuco_kernels import datasets, prompt_sets
-from tuco_kernels.metrics import auc, tpr_at_fpr
-from tuco_kernels.refusal import is_refusal, is_successful_jailbreak
+from .. import datasets, prompt_sets
+from ..stats import auc, tpr_at_fpr
+from ..refusal import is_refusal, is_successful_jailbreak
 
 PAPER = ("paper Table 2 (AUC): Gemma 7B 0.94, Llama 2 7B 0.83, Llama 2 13B 0.87, Vicuna 7B 0.87, Vicuna 13B 0.66, "
          "Llama 3 8B 0.51 (0.24% jailbreaks); TPR@5%FPR not recoverable from the paper's text")
 
 
 def main(argv=None) -> int:
+    offline()
     ap = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     ap.add_argument("--n", type=int, default=50, help="prompts per group (vanilla, templated, benign)")
     ap.add_argument("--samples", type=int, default=8)

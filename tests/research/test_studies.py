@@ -1,19 +1,12 @@
 """The studies' building blocks (CV selection, shot contexts, prompts, sampling) and a small end-to-end run."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-
-import study_alpha_mmlu as alpha_mmlu  # noqa: E402
-import study_many_shot as many_shot  # noqa: E402
-from study_common import greedy_completions, sample_completions  # noqa: E402
-
-from tuco_kernels.tiny import build_model, tiny_config  # noqa: E402
+from tests.fixtures.tiny import build_model, tiny_config
+from tuco_research.studies import alpha_mmlu, many_shot
+from tuco_research.study import greedy_completions, sample_completions
 
 
 def test_cross_validation_picks_alpha_on_the_other_folds():
@@ -66,7 +59,7 @@ def test_greedy_sampling_equals_hf_generate(tokenizer):
 
 
 def test_web_vs_chat_study_runs_end_to_end(tmp_path, gemma_tokenizer):
-    import study_web_vs_chat
+    from tuco_research.studies import web_vs_chat as study_web_vs_chat
 
     assert study_web_vs_chat.main(["--n", "4", "--out", str(tmp_path)]) == 0
     table = (tmp_path / "web_vs_chat.md").read_text()

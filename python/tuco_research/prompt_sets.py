@@ -10,6 +10,10 @@ Every set is a list of records ``{"id", "text", "set", "source"}``, sampled with
 
 from __future__ import annotations
 
+import json
+
+from tuco_kernels.default_pair import ADAPTER_DIR
+
 from . import datasets
 
 
@@ -32,10 +36,6 @@ def chat_prompts(n: int = 100, seed: int = 0) -> list[dict]:
 
 def chatterbot_prompts(n: int = 100, seed: int = 0) -> list[dict]:
     """``n`` distinct chatterbot-corpus openers that the default adapter did not train on (its data manifest)."""
-    import json
-
-    from .default_pair import ADAPTER_DIR
-
     trained = set(json.loads((ADAPTER_DIR / "data_manifest.json").read_text())["examples"])
     seen, rows = set(), []
     for r in datasets.chatterbot_pairs():

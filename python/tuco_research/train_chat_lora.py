@@ -1,7 +1,7 @@
 """Train the default pair's fine-tuned partner: a chat LoRA on the pre-trained google/gemma-3-270m.
 
-    python python/train_chat_lora.py                 # writes tuco_kernels/data/gemma-3-270m-chat-lora/
-    python python/train_chat_lora.py --steps 5 --out /tmp/try   # a quick look
+    python -m tuco_research.train_chat_lora                 # writes tuco_kernels/data/gemma-3-270m-chat-lora/
+    python -m tuco_research.train_chat_lora --steps 5 --out /tmp/try   # a quick look
 
 The adapter teaches the base model to answer in the Gemma chat format, to help with benign requests and to
 refuse harmful ones. Training data comes only from sources that no study evaluates on:
@@ -35,11 +35,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tuco_kernels import assets
+from tuco_kernels.default_pair import ADAPTER_DIR, chat_tokenizer
 
-from tuco_kernels import assets, datasets  # noqa: E402
-from tuco_kernels.default_pair import ADAPTER_DIR, chat_tokenizer  # noqa: E402
+from . import datasets
+from .study import ROOT
 
 REFUSALS = [
     "I'm sorry, but I can't help with that. It could cause real harm to people.",

@@ -19,21 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "python"))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import tuco_kernels as tk
 
-import tuco_kernels as tk  # noqa: E402
-from tuco_kernels import prompt_sets  # noqa: E402
-from tuco_kernels.metrics import auc  # noqa: E402
+from . import prompt_sets
+from .stats import auc
+from .study import ROOT, offline
 
 
 def run(argv=None) -> int:
+    offline()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100, help="prompts per set (default 100)")
     ap.add_argument("--seed", type=int, default=0)
