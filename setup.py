@@ -105,11 +105,18 @@ def compiled_extensions():
     return [ext], {"build_ext": _build_ext_class(cpp_extension, _Fallback(cfg, source_hash, cpu_extension))}
 
 
+def _version() -> str:
+    spec = importlib.util.spec_from_file_location("tuco_version", os.path.join(HERE, "tuco_kernels", "_version.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.__version__
+
+
 ext_modules, cmdclass = compiled_extensions()
 
 setup(
     name="tuco_kernels",
-    version="0.1.0",
+    version=_version(),
     description="Exact, fast TuCo (Tuning Contribution; Nuti et al., ICML 2025) for HF decoder pairs",
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -118,7 +125,7 @@ setup(
     packages=find_packages(include=["tuco_kernels", "tuco_kernels.*"])
     + find_packages("python", include=["tuco_research", "tuco_research.*"]),
     package_dir={"tuco_research": "python/tuco_research"},
-    package_data={"tuco_kernels": ["data/gemma-3-270m-chat-lora/*"]},
+    package_data={"tuco_kernels": ["models/data/gemma-3-270m-chat-lora/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[

@@ -136,7 +136,7 @@ def random_tensor(name: str, shape, dtype, device, seed: int) -> torch.Tensor:
 
 def random_model(config, dtype, device, seed: int = 0):
     """``config``'s CausalLM with random weights straight on ``device`` (nothing materialised on the host)."""
-    from tuco_kernels.skeleton import empty_model
+    from tuco_kernels.offload.skeleton import empty_model
 
     model = empty_model(config, dtype).to_empty(device=device)
     with torch.no_grad():

@@ -25,7 +25,7 @@ import torch
 from common import append_rows, block_params, llama_config, provenance, random_model, target, time_wall
 
 import tuco_kernels as tk
-from tuco_kernels.engine import decompose_batch
+from tuco_kernels.core.engine import decompose_batch
 
 DENSE_BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 

@@ -36,10 +36,10 @@ from common import append_rows, llama_config, provenance, random_model, random_t
 from safetensors.torch import save_file
 
 import tuco_kernels as tk
-from tuco_kernels.checkpoint import TensorSource
-from tuco_kernels.plan import parse_size
-from tuco_kernels.skeleton import empty_model
-from tuco_kernels.streamed_pair import streamed_pair
+from tuco_kernels.offload.checkpoint import TensorSource
+from tuco_kernels.offload.budget import parse_size
+from tuco_kernels.offload.skeleton import empty_model
+from tuco_kernels.offload.streamed import streamed_pair
 
 GiB = 2**30
 

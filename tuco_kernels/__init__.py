@@ -2,23 +2,27 @@
 
 For a fine-tuned LLM and its pre-trained base, each layer's update on the fine-tuned residual stream
 x_l splits into PTC_l = f_PT(x_l) and FTC_l = f_FT(x_l) − f_PT(x_l); at the last token
-TuCo = |Σ_l FTC_l|₁ / (|Σ_l PTC_l|₁ + |Σ_l FTC_l|₁). Scaling FTC by α steers the model.
+TuCo = |Σ_l FTC_l|₁ / (|Σ_l PTC_l|₁ + |Σ_l FTC_l|₁) (docs/math.md). Scaling FTC by α steers the model.
 
     >>> import tuco_kernels as tk
     >>> pair = tk.load_pair("path/to/base", "path/to/chat")   # or tk.load_pair(): the default gemma-3-270m pair
     >>> tk.score(pair, ["Hello!"], chat=True).tuco
 """
 
-from . import default_pair
+from ._version import __version__
 from .attach import attach
+from .core.families import SUPPORTED as SUPPORTED_FAMILIES
+from .core.pair import ModelPair, ResidentPair
 from .errors import IncompatiblePairError, TucoError, UnsupportedModelError
-from .families import SUPPORTED as SUPPORTED_FAMILIES
-from .pair import ModelPair, load_pair
-from .result import TuCoResult
+from .generate import generate
+from .models import default_pair
+from .models.load import load_pair
+from .offload.streamed import StreamedPair
+from .prompts.templates import PAPER_TEMPLATES, use_paper_template
+from .result import RunInfo, TuCoResult
 from .score import score
-from .steer import generate, steer
-from .templates import PAPER_TEMPLATES, use_paper_template
+from .steer import steer
 
-__version__ = "0.1.0"
-__all__ = ["attach", "generate", "load_pair", "score", "steer", "ModelPair", "TuCoResult", "TucoError",
-           "IncompatiblePairError", "UnsupportedModelError", "SUPPORTED_FAMILIES", "PAPER_TEMPLATES", "use_paper_template", "default_pair", "__version__"]
+__all__ = ["attach", "generate", "load_pair", "score", "steer", "ModelPair", "ResidentPair", "StreamedPair",
+           "TuCoResult", "RunInfo", "TucoError", "IncompatiblePairError", "UnsupportedModelError",
+           "SUPPORTED_FAMILIES", "PAPER_TEMPLATES", "use_paper_template", "default_pair", "__version__"]

@@ -19,11 +19,11 @@ from contextlib import contextmanager
 import torch
 
 from . import ops
-from .capture import bind_block_call
-from .engine import layer_alphas
+from .core.capture import bind_block_call
+from .core.compat import check_compatible
+from .core.engine import layer_alphas
+from .core.metrics import contribution_ratio, tuco_from_sums
 from .errors import TucoError
-from .metrics import contribution_ratio, tuco_from_sums
-from .pair import check_compatible
 
 _CACHE_ARG_NAMES = ("past_key_values", "past_key_value", "layer_past")
 

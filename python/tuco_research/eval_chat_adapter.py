@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .study import add_common_args, chat_ids, greedy_completions, load_default, offline, provenance
 
-from tuco_kernels import default_pair
+from tuco_kernels.models import default_pair
 
 from . import prompt_sets
 from .refusal import is_refusal

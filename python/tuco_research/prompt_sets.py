@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from tuco_kernels.default_pair import ADAPTER_DIR
+from tuco_kernels.models.default_pair import ADAPTER_DIR
 
 from . import datasets
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from tuco_kernels import assets
-from tuco_kernels.default_pair import ADAPTER_DIR, chat_tokenizer
+from tuco_kernels.models import assets
+from tuco_kernels.models.default_pair import ADAPTER_DIR, chat_tokenizer
 
 from . import datasets
 from .study import ROOT

@@ -3,7 +3,7 @@
 import json
 
 from tests.fixtures.assets import fetch_or_skip
-from tuco_kernels import default_pair
+from tuco_kernels.models import default_pair
 from tuco_research import prompt_sets
 
 

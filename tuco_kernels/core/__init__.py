@@ -1,0 +1,9 @@
+"""The decomposition itself: no files, no downloads.
+
+capture.py   records x_0 and every block's exact call arguments from a model's own HF forward
+engine.py    the per-layer step over micro-batches (both schedules), the fused update, accumulation
+pair.py      the pair interface the engine reads (and the resident pair)
+compat.py    what two models must share to be decomposed against each other
+families.py  where a family keeps its blocks, final norm and head
+metrics.py   TuCo, β, OutputCo from accumulated vectors (docs/math.md)
+"""

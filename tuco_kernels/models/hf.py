@@ -1,0 +1,103 @@
+"""Loading models and tokenizers with HuggingFace (``from_pretrained``), merging a PEFT adapter, and preparing a
+loaded model for the engine (dtype of the parameters only, device, eval mode, no gradients)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..core.families import family_of
+from ..errors import TucoError
+from .sources import is_adapter_dir, read_config, resolve_source, weights_kind
+
+log = logging.getLogger("tuco_kernels")
+
+
+def load_model(source, *, dtype, gguf_file, allow_pickle, attn_implementation):
+    from transformers import AutoModelForCausalLM
+
+    directory, gguf = resolve_source(source, gguf_file)
+    kwargs = dict(trust_remote_code=False, dtype=dtype or "auto")
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if gguf:
+        kwargs["gguf_file"] = gguf
+        if dtype is None:
+            kwargs["dtype"] = torch.float32  # GGUF is dequantized to fp32 nn.Linear weights
+    else:
+        kwargs["use_safetensors"] = weights_kind(directory, allow_pickle) == "safetensors"
+    family_of(read_config(source, gguf_file))  # refuse unsupported families before loading any weights
+    try:
+        return AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise TucoError(f"{directory / (gguf or '')}: cannot load the model: {exc}") from exc
+
+
+def load_tokenizer(sources: list, gguf_files: list):
+    """The first tokenizer found among the sources (fine-tuned side first)."""
+    from transformers import AutoTokenizer
+
+    for source, gguf in zip(sources, gguf_files):
+        if source is None or not isinstance(source, (str, os.PathLike)):
+            continue
+        directory, g = resolve_source(source, gguf)
+        has_files = g or any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json",
+                                                                  "tokenizer.model", "vocab.json"))
+        if has_files:
+            return AutoTokenizer.from_pretrained(directory, trust_remote_code=False,
+                                                 **({"gguf_file": g} if g else {}))
+    return None
+
+
+def tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft):
+    """(fine-tuned tokenizer, pre-trained tokenizer or None) as load_pair resolves them."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        return load_tokenizer([tokenizer], [None]), None
+    if tokenizer is not None:
+        return tokenizer, None
+    ft_tok = load_tokenizer([finetuned, pretrained], [g_ft, g_pt])
+    template = Path(os.fspath(finetuned)) / "chat_template.jinja" if is_adapter_dir(finetuned) else None
+    if ft_tok is not None and template is not None and template.is_file() and not getattr(ft_tok, "chat_template", None):
+        ft_tok.chat_template = template.read_text(encoding="utf-8")  # an adapter's own chat format
+    pt_tok = load_tokenizer([pretrained], [g_pt]) if not is_adapter_dir(finetuned) else None
+    return ft_tok, pt_tok
+
+
+def apply_adapter(base, adapter_dir: Path, allow_pickle: bool):
+    from peft import PeftModel
+
+    names = [p.name for p in adapter_dir.iterdir()]
+    if "adapter_model.safetensors" not in names:
+        if "adapter_model.bin" in names and not allow_pickle:
+            raise TucoError(f"{adapter_dir / 'adapter_model.bin'}: pickle adapter weights are refused; "
+                            f"pass allow_pickle=True (--allow-pickle)")
+        if "adapter_model.bin" not in names:
+            raise TucoError(f"{adapter_dir}: no adapter weights (adapter_model.safetensors)")
+    try:
+        peft_model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise TucoError(f"{adapter_dir}: the adapter does not fit the pre-trained model: {exc}") from exc
+    return peft_model.merge_and_unload()
+
+
+def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast floating parameters only, in place. ``model.to(dtype)`` would also cast buffers such as the rotary
+    ``inv_freq``, which HF keeps in fp32 when it loads a bf16/fp16 checkpoint; the rotary angles would then
+    differ from the model HF itself builds."""
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    return model
+
+
+def prepare_model(model, dtype, device):
+    if dtype is not None:
+        model = cast_parameters(model, dtype)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model

@@ -1,0 +1,174 @@
+"""``load_pair``: a (pre-trained, fine-tuned) pair from paths or models, checked, resident or streamed.
+
+Sources, for either side: a local directory (safetensors, single or sharded), an already-built
+``PreTrainedModel``, or a GGUF file (a path ending in ``.gguf``, or ``gguf_file=``). The fine-tuned side may
+also be a PEFT/LoRA adapter directory: fine-tuned = pre-trained + adapter. With no model at all, the default
+pair (:mod:`tuco_kernels.models.default_pair`). Where the blocks' weights live is ``offload``: "none" (a
+:class:`~tuco_kernels.core.pair.ResidentPair`), "cpu" or "disk" (a
+:class:`~tuco_kernels.offload.streamed.StreamedPair`), or what ``max_gpu_memory`` calls for.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ..core.compat import check_compatible, check_configs
+from ..core.pair import ModelPair, ResidentPair
+from ..errors import TucoError
+from ..offload.budget import host_memory_available, parse_size
+from ..offload.checkpoint import Checkpoint, ModuleTensors
+from ..offload.lora import LoraAdapter
+from ..offload.streamed import streamed_pair
+from . import default_pair
+from .hf import apply_adapter, load_model, log, prepare_model, tokenizers_for
+from .sources import is_adapter_dir, parse_dtype, read_config, resolve_source, weights_kind
+
+OFFLOAD_MODES = ("none", "cpu", "disk")
+
+
+def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, device=None, gguf_file=None,
+              allow_pickle: bool = False, attn_implementation: str | None = None, offload: str | None = None,
+              max_gpu_memory=None, prefetch: bool = True) -> ModelPair:
+    """Load and check a pre-trained / fine-tuned pair.
+
+    With no ``pretrained`` and ``finetuned``, the default pair: google/gemma-3-270m and the project's chat LoRA
+    of it (:mod:`tuco_kernels.models.default_pair`; fetched and converted on first use, fp32 unless ``dtype`` is given).
+
+    Args:
+        pretrained, finetuned: local directories, ``.gguf`` paths or ``PreTrainedModel`` objects; the fine-tuned
+            side may be a PEFT adapter directory (then it is merged into a copy of the pre-trained model).
+        tokenizer: a tokenizer or a directory; default: the fine-tuned side's, else the pre-trained side's.
+        dtype: "float32", "bfloat16", "float16" or a torch dtype; default: the checkpoints' own (the fine-tuned
+            one's if they differ).
+        device: where to put both models; default: where they are (CPU for paths).
+        gguf_file: a GGUF file name inside the directories, one name for both or a (pre-trained, fine-tuned) pair.
+        allow_pickle: permit ``*.bin`` weights (pickle can execute code; refused by default).
+        offload: where the decoder-block weights live. "none": both models on ``device``. "cpu": both models in
+            (page-locked) host memory, each layer streamed to the device when it runs. "disk": nothing but the
+            fine-tuned embedding, final norm and head is loaded; each layer is read from the safetensors files
+            when it runs. Default: "none", or the mode that ``max_gpu_memory`` calls for.
+        max_gpu_memory: a device-memory budget ("8GiB", "24GB" or bytes) that chooses ``offload`` when it is
+            not given: "none" when both models fit with room to compute, else "cpu" when host memory holds
+            both, else "disk". Pass the same budget to :func:`score` to size its batches and sweeps.
+        prefetch: with offload, copy layer l+1 while layer l computes (False: the serial baseline).
+    """
+    if pretrained is None and finetuned is None:   # the default pair, fp32 unless asked otherwise
+        pretrained, finetuned = default_pair.paths()
+        dtype = dtype or "float32"
+        tokenizer = tokenizer if tokenizer is not None else default_pair.chat_tokenizer(pretrained)
+    if pretrained is None or finetuned is None:
+        raise TucoError("give both the pre-trained and the fine-tuned model, or neither (the default pair)")
+    dtype = parse_dtype(dtype)
+    g_pt, g_ft = gguf_file if isinstance(gguf_file, (tuple, list)) else (gguf_file, gguf_file)
+    if offload is None:
+        offload = choose_offload(pretrained, finetuned, max_gpu_memory, device, dtype, g_pt, g_ft)
+    if offload not in OFFLOAD_MODES:
+        raise TucoError(f"unknown offload mode {offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
+    if offload == "none":
+        return load_resident(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
+                             g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
+    return load_streamed(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
+                         g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation,
+                         offload=offload, prefetch=prefetch)
+
+
+def load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft, allow_pickle,
+                  attn_implementation) -> ResidentPair:
+    load = dict(dtype=dtype, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
+    if not isinstance(pretrained, torch.nn.Module) and not isinstance(finetuned, torch.nn.Module) \
+            and not is_adapter_dir(finetuned):
+        check_configs(read_config(pretrained, g_pt), read_config(finetuned, g_ft))  # before any weights load
+
+    pt = pretrained if isinstance(pretrained, torch.nn.Module) else load_model(pretrained, gguf_file=g_pt, **load)
+    if is_adapter_dir(finetuned):
+        adapter_dir = Path(os.fspath(finetuned))
+        base = (copy.deepcopy(pt) if isinstance(pretrained, torch.nn.Module)
+                else load_model(pretrained, gguf_file=g_pt, **load))
+        ft = apply_adapter(base, adapter_dir, allow_pickle)
+    elif isinstance(finetuned, torch.nn.Module):
+        ft = finetuned
+    else:
+        ft = load_model(finetuned, gguf_file=g_ft, **load)
+
+    ft_tok, pt_tok = tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft)
+    family = check_compatible(pt, ft, pt_tok, ft_tok)
+
+    target = dtype or next(ft.parameters()).dtype
+    if next(pt.parameters()).dtype != target:
+        log.info("casting the pre-trained model to %s to match the fine-tuned one", target)
+    pt, ft = prepare_model(pt, target, device), prepare_model(ft, target, device)
+    return ResidentPair(pt, ft, ft_tok, family)
+
+
+def _tensor_source(model, gguf, *, side: str, offload: str, allow_pickle: bool, dtype, attn_implementation):
+    """(tensor source, config) of one side."""
+    if isinstance(model, torch.nn.Module):
+        if offload == "disk":
+            raise TucoError(f"offload='disk' streams from safetensors files, but the {side} model was passed as an "
+                            f"object already in memory; use offload='cpu' or pass its directory")
+        return ModuleTensors(model, f"the {side} model object"), model.config
+    directory, g = resolve_source(model, gguf)
+    config = read_config(model, gguf)
+    if not g and weights_kind(directory, allow_pickle) == "safetensors":
+        return Checkpoint(directory), config
+    if offload == "disk":
+        what = f"GGUF file {directory / g}" if g else f"pickle weights in {directory}"
+        raise TucoError(f"offload='disk' streams from safetensors files; the {side} model has {what}. "
+                        f"Use offload='cpu' (it is dequantized/loaded into host memory once) or convert it")
+    loaded = load_model(model, dtype=dtype, gguf_file=gguf, allow_pickle=allow_pickle,
+                        attn_implementation=attn_implementation)
+    return ModuleTensors(loaded, str(directory / (g or ""))), config
+
+
+def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft, allow_pickle,
+                  attn_implementation, offload, prefetch) -> ModelPair:
+    """A :class:`~tuco_kernels.offload.streamed.StreamedPair` from paths (or models, for offload="cpu")."""
+    device = device or "cpu"
+    opts = dict(offload=offload, allow_pickle=allow_pickle, dtype=dtype, attn_implementation=attn_implementation)
+    adapter = LoraAdapter(Path(os.fspath(finetuned))) if is_adapter_dir(finetuned) else None
+    pt_source, pc = _tensor_source(pretrained, g_pt, side="pre-trained", **opts)
+    if adapter is not None:
+        ft_source, fc = None, pc
+    else:
+        ft_source, fc = _tensor_source(finetuned, g_ft, side="fine-tuned", **opts)
+    ft_tok, pt_tok = tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft)
+    return streamed_pair(pt_source, pc, ft_source, fc, adapter=adapter, tokenizers=(ft_tok, pt_tok), dtype=dtype,
+                         device=device, offload=offload, prefetch=prefetch, attn_implementation=attn_implementation)
+
+
+def _model_bytes(model, gguf, dtype) -> int:
+    """Parameter bytes of one side at ``dtype`` (default: as stored), without reading any weights."""
+    if isinstance(model, torch.nn.Module):
+        return sum(p.numel() * (dtype or p.dtype).itemsize for p in model.parameters())
+    if is_adapter_dir(model):
+        return 0
+    directory, g = resolve_source(model, gguf)
+    if g:
+        return (directory / g).stat().st_size * 4  # an estimate: GGUF is dequantized to fp32 on load
+    try:
+        ckpt = Checkpoint(directory)
+    except TucoError:
+        return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+    return sum(math.prod(e.shape) * (dtype or e.dtype).itemsize for e in ckpt.entries.values())
+
+
+def choose_offload(pretrained, finetuned, max_gpu_memory, device, dtype, g_pt=None, g_ft=None) -> str:
+    """'none' if both models fit the budget with a quarter of it left to compute in, else 'cpu' if host
+    memory holds what offload="cpu" pins (with 10% spare), else 'disk'. Without a budget: 'none'.
+
+    offload="cpu" page-locks exactly the bytes of each streamed model's blocks (no power-of-two rounding,
+    see stream.HostArena); a LoRA fine-tuned side is merged on the device from the pre-trained weights, so it
+    adds nothing there, while resident it is a full second model."""
+    budget = parse_size(max_gpu_memory)
+    if budget is None:
+        return "none"
+    pt = _model_bytes(pretrained, g_pt, dtype)
+    ft = 0 if is_adapter_dir(finetuned) else _model_bytes(finetuned, g_ft, dtype)
+    if pt + (ft or pt) <= 0.75 * budget:
+        return "none"
+    return "cpu" if pt + ft <= 0.9 * host_memory_available() else "disk"

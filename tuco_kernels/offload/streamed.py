@@ -1,0 +1,101 @@
+"""A pair whose decoder blocks are streamed, never held whole (``load_pair(..., offload="cpu"|"disk")``).
+
+Both models become frames built from their configs (skeleton.py). The fine-tuned frame's embedding, final norm
+and head are read onto the device; the blocks' weights stay where ``offload`` says (page-locked host memory, or
+the safetensors files) and a :class:`~tuco_kernels.offload.streamer.LayerStreamer` brings one layer of both
+models at a time. :func:`streamed_pair` builds one from any two tensor sources; reading them from paths is
+:func:`tuco_kernels.models.load.load_pair`'s job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..core.compat import check_compatible, check_configs
+from ..core.families import Family
+from ..core.pair import ModelPair
+from ..errors import TucoError
+from .checkpoint import TensorSource
+from .skeleton import empty_model, materialize_outer, outer_parameter_groups
+from .streamer import LayerStreamer
+
+
+class StreamedPair(ModelPair):
+    """Both models as frames (empty blocks); ``layers`` streams each layer's weights of both (see the module doc).
+
+    The pre-trained frame's embedding, final norm and head are read only when needed (:meth:`pretrained_frame`,
+    for OutputCo). ``streamer`` is the :class:`~tuco_kernels.offload.streamer.LayerStreamer` (its ``prefetch``,
+    ``host_bytes`` and ``pinned_bytes`` are public).
+    """
+
+    def __init__(self, pretrained: nn.Module, finetuned: nn.Module, tokenizer, family: Family, *, offload: str,
+                 streamer: LayerStreamer, materialize_pretrained: Callable[[], object]):
+        super().__init__(pretrained, finetuned, tokenizer, family)
+        self.offload, self.streamer = offload, streamer
+        self._materialize_pretrained: Callable[[], object] | None = materialize_pretrained
+
+    def layers(self, profile=None):
+        return self.streamer.layers(profile)
+
+    def pretrained_frame(self) -> nn.Module:
+        if self._materialize_pretrained is not None:
+            self._materialize_pretrained()
+            self._materialize_pretrained = None
+        return self.pretrained
+
+    def device_bytes(self, *, own_pt: bool = False) -> int:
+        """The streamer's slots (two layers of both models, LoRA merge slots) and the frames' outer parts."""
+        outer = sum(p.numel() * p.element_size() for p in self.finetuned.parameters() if not p.is_meta)
+        return self.streamer.device_bytes + outer * (2 if own_pt else 1)
+
+    def close(self) -> None:
+        self.streamer.close()
+
+
+def _stored_dtype(config, source) -> torch.dtype:
+    """The dtype HF's ``dtype="auto"`` would pick: the config's, else the first floating tensor's."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    if isinstance(value, torch.dtype) and value.is_floating_point:
+        return value
+    for name in source.names():
+        stored, _ = source.spec(name)
+        if stored.is_floating_point:
+            return stored
+    return torch.float32
+
+
+def streamed_pair(pt_source: TensorSource, pc, ft_source: TensorSource | None, fc, *, adapter=None,
+                  tokenizers=(None, None), dtype=None, device="cpu", offload="cpu", prefetch=True,
+                  attn_implementation=None) -> StreamedPair:
+    """A :class:`StreamedPair` from two tensor sources and their configs (``ft_source=None``: the fine-tuned side is
+    ``pt_source`` + ``adapter``). ``tk.load_pair(..., offload=...)`` builds its sources from paths; benchmarks and
+    tests can pass any :class:`~tuco_kernels.offload.checkpoint.TensorSource`."""
+    device = torch.device(device)
+    family = check_configs(pc, fc)
+    target = dtype or _stored_dtype(fc, ft_source or pt_source)
+    ft_frame = empty_model(fc, target, attn_implementation)
+    pt_frame = empty_model(pc, target, attn_implementation)
+
+    outer_replacements = {}
+    if adapter is not None:
+        outer = {n for group in outer_parameter_groups(family, ft_frame) for n in group}
+        blocks = {n for n, _ in ft_frame.named_parameters() if n.startswith(family.layers_path + ".")}
+        for name, tensor in adapter.replacements.items():
+            if name in outer:
+                outer_replacements[name] = tensor
+            elif name not in blocks:
+                raise TucoError(f"{adapter.directory}: the adapter stores {name!r}, which the model does not have")
+    materialize_outer(ft_frame, family, ft_source or pt_source, device, target, outer_replacements)
+
+    ft_tok, pt_tok = tokenizers
+    check_compatible(pt_frame, ft_frame, pt_tok, ft_tok)
+    streamer = LayerStreamer(skeleton=ft_frame, family=family, pt_source=pt_source, ft_source=ft_source,
+                             adapter=adapter, device=device, dtype=target, offload=offload, prefetch=prefetch)
+
+    return StreamedPair(pt_frame, ft_frame, ft_tok, family, offload=offload, streamer=streamer,
+                        materialize_pretrained=lambda: materialize_outer(pt_frame, family, pt_source, device, target))

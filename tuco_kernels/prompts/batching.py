@@ -1,0 +1,38 @@
+"""Token-budget batching: length-sorted, left-padded, last real token found from the attention mask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Batch:
+    indices: list[int]          # positions of these prompts in the caller's list
+    input_ids: torch.Tensor     # [B, T] int64, left-padded
+    attention_mask: torch.Tensor  # [B, T] int64, 0 on padding
+
+
+def make_batches(token_lists: list[list[int]], batch_tokens: int, pad_id: int = 0) -> list[Batch]:
+    """Group prompts, longest first, so that rows × padded length ≤ batch_tokens (a longer prompt goes alone)."""
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
+    order = sorted(range(len(token_lists)), key=lambda i: (-len(token_lists[i]), i))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * len(token_lists[groups[-1][0]]) <= batch_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    batches = []
+    for group in groups:
+        T = len(token_lists[group[0]])
+        ids = torch.full((len(group), T), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), T), dtype=torch.long)
+        for row, i in enumerate(group):
+            n = len(token_lists[i])
+            ids[row, T - n:] = torch.tensor(token_lists[i], dtype=torch.long)
+            mask[row, T - n:] = 1
+        batches.append(Batch(group, ids, mask))
+    return batches

@@ -1,0 +1,57 @@
+"""Prompts to token ids: chats rendered with the fine-tuned tokenizer's chat template and
+``add_generation_prompt=True``, so the last token is the template's (the paper's setting); with ``chat=True`` raw
+text becomes the user turn of such a chat; raw text gets the tokenizer's special tokens (e.g. BOS). Every error
+names the prompt."""
+
+from __future__ import annotations
+
+from ..errors import TucoError
+from .records import Prompt, normalize_prompts
+
+
+def render_chat(tokenizer, messages: list, system_prompt: str | None, where: str) -> str:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise TucoError(f"{where}: chat formatting requested but the fine-tuned tokenizer has no chat template")
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}] + list(messages)
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as exc:  # jinja raise_exception(...) and friends, e.g. "System role not supported"
+        raise TucoError(f"{where}: the chat template rejected this conversation: {exc}") from exc
+
+
+def tokenize(prompts: list[Prompt], tokenizer, *, chat: bool = False, system_prompt: str | None = None,
+             vocab_size: int | None = None) -> list[list[int]]:
+    """Token ids per prompt. Raw text gets the tokenizer's special tokens (e.g. BOS); chats the template's."""
+    out = []
+    for p in prompts:
+        if p.input_ids is not None:
+            ids = p.input_ids
+        else:
+            if tokenizer is None:
+                raise TucoError(f"{p.where}: text prompt but the pair has no tokenizer; pass tokenizer= or input_ids")
+            if p.messages is not None or chat:
+                messages = p.messages or [{"role": "user", "content": p.text}]
+                text = render_chat(tokenizer, messages, system_prompt, p.where)
+                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            else:
+                ids = tokenizer(p.text, add_special_tokens=True)["input_ids"]
+        if not ids:
+            raise TucoError(f"{p.where}: prompt tokenizes to zero tokens")
+        if vocab_size is not None and (min(ids) < 0 or max(ids) >= vocab_size):
+            bad = next(t for t in ids if t < 0 or t >= vocab_size)
+            raise TucoError(f"{p.where}: token id {bad} is outside the model's vocabulary [0, {vocab_size})")
+        out.append(list(ids))
+    return out
+
+
+def pad_id_of(tokenizer) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    return 0 if pad is None else pad  # padded positions are masked; the id only has to be valid
+
+
+def prepare(pair, prompts, *, chat=False, system_prompt=None) -> tuple[list[Prompt], list[list[int]]]:
+    """Normalised prompts and their token ids for ``pair`` (its tokenizer; ids checked against its vocabulary)."""
+    records = normalize_prompts(prompts)
+    ids = tokenize(records, pair.tokenizer, chat=chat, system_prompt=system_prompt, vocab_size=pair.vocab_size)
+    return records, ids
