@@ -108,3 +108,21 @@ def test_sampling_is_seeded(llama_pair):
     assert a == b
     with pytest.raises(TucoError, match="temperature must be positive"):
         tk.generate(llama_pair, PROMPTS[:1], 1.0, do_sample=True, temperature=0)
+
+
+def test_samples_do_not_depend_on_the_batch(llama_pair):
+    """Each (prompt, sample) row draws from its own seeded generator: alone or beside others, the same text."""
+    alone = tk.generate(llama_pair, PROMPTS[:1], 1.0, max_new_tokens=6, do_sample=True, seed=7, num_samples=3)
+    mixed = tk.generate(llama_pair, PROMPTS[2:3] + PROMPTS[:1], 1.0, max_new_tokens=6, do_sample=True, seed=7,
+                        num_samples=3, batch_tokens=10**6)
+    assert [o["token_ids"] for o in mixed[3:]] == [o["token_ids"] for o in alone]
+    assert [o["sample"] for o in alone] == [0, 1, 2] and len({tuple(o["token_ids"]) for o in alone}) > 1
+
+
+def test_chat_prompts_stop_at_the_templates_end_of_turn(llama_pair, tokenizer):
+    from tuco_kernels.generate import end_of_turn_id, stop_token_ids
+
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn_id(tokenizer) == eot
+    assert stop_token_ids(llama_pair, chats=True) == {tokenizer.eos_token_id, eot}
+    assert stop_token_ids(llama_pair, chats=False) == {tokenizer.eos_token_id}

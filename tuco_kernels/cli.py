@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--samples", type=int, default=1, help="completions per prompt and α (with --sample: independent draws)")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step")
     g.add_argument("--out", help="write {id, alpha, text} records here (.jsonl/.csv/.parquet); default: print")
 
@@ -147,10 +148,11 @@ def cmd_steer(args) -> int:
     for alpha in args.alpha:
         outs = generate(pair, prompts, alpha, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                         temperature=args.temperature, top_p=args.top_p, seed=args.seed, use_cache=use_cache,
+                        num_samples=args.samples,
                         chat=args.chat, system_prompt=args.system_prompt, batch_tokens=args.batch_tokens,
                         backend=args.backend)
         for o in outs:
-            records.append({"id": o["id"], "alpha": alpha, "text": o["text"]})
+            records.append({"id": o["id"], "alpha": alpha, "sample": o["sample"], "text": o["text"]})
     if args.out:
         write_records(records, args.out)
     else:

@@ -17,6 +17,8 @@ turn with the template itself. ``token_ids`` keep the stop token; ``text`` is de
 
 from __future__ import annotations
 
+import zlib
+from array import array
 from contextlib import nullcontext
 
 import torch
@@ -74,9 +76,22 @@ def stop_token_ids(pair, chats: bool) -> set[int]:
     return {i for i in ids if i is not None and i != unk and 0 <= i < pair.vocab_size}
 
 
+def row_generators(token_lists: list[list[int]], samples: list[int], seed: int | None) -> list[torch.Generator]:
+    """One CPU generator per row, seeded from (seed, the prompt's token ids, the sample's index): a prompt's
+    samples do not depend on which other prompts share its batch or where it stands in the input."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)))
+    gens = []
+    for ids, k in zip(token_lists, samples):
+        digest = zlib.crc32(array("q", ids).tobytes())
+        gens.append(torch.Generator().manual_seed(((seed * 1_000_003 + digest) * 1009 + k) % 2**63))
+    return gens
+
+
 def pick_tokens(logp: torch.Tensor, *, do_sample: bool, temperature: float, top_k: int, top_p: float,
-                generator: torch.Generator | None) -> torch.Tensor:
-    """Next token per row: argmax, or a sample after temperature, top-k and top-p (nucleus) filtering."""
+                generators: list[torch.Generator] | None) -> torch.Tensor:
+    """Next token per row: argmax, or a sample after temperature, top-k and top-p (nucleus) filtering, each row
+    drawn with its own generator."""
     if not do_sample:
         return logp.argmax(-1)
     logits = logp / temperature
@@ -88,7 +103,9 @@ def pick_tokens(logp: torch.Tensor, *, do_sample: bool, temperature: float, top_
         probs = sorted_l.softmax(-1)
         drop = probs.cumsum(-1) - probs > top_p
         logits = logits.scatter(-1, order, sorted_l.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).squeeze(-1).to(logp.device)
+    probs = logits.softmax(-1).cpu()
+    picks = [torch.multinomial(probs[r], 1, generator=generators[r]) for r in range(probs.shape[0])]
+    return torch.cat(picks).to(logp.device)
 
 
 class _Cached:
@@ -162,7 +179,8 @@ def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: b
         prompts, chat, system_prompt: as in :func:`~tuco_kernels.score`.
         alpha: a scalar or one value per layer; 1.0 is the fine-tuned model itself.
         num_samples: completions per prompt (sampling: independent draws; greedy: identical).
-        seed: seeds the sampler (a CPU ``torch.Generator``); None uses torch's global generator.
+        seed: seeds the sampler: each (prompt, sample) row draws from its own CPU generator seeded from ``seed``, the
+            prompt's token ids and the sample's index, so results do not depend on batching; None: unseeded.
         use_cache: the cached way (default for resident pairs) or recomputation (``False``; streamed pairs).
 
     Returns one record per prompt and sample, prompts in input order and samples within each:
@@ -185,17 +203,18 @@ def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: b
     alphas = layer_alphas(alpha, pair.n_layers)
     chats = chat or any(r.messages is not None for r in records)
     stop, pad = stop_token_ids(pair, chats), pad_id_of(pair.tokenizer)
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-
-    def pick(logp):
-        return pick_tokens(logp, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                           generator=gen)
-
     expanded = [t for t in token_lists for _ in range(num_samples)]
+    gens = row_generators(expanded, [k % num_samples for k in range(len(expanded))], seed) if do_sample else None
     new_tokens: list[list[int]] = [[] for _ in expanded]
     for batch in make_batches(expanded, batch_tokens, pad):
         stepper = (_Cached if use_cache else _Recomputed)(pair, alphas, backend)
         ids, mask = batch.input_ids.to(pair.device), batch.attention_mask.to(pair.device)
+        batch_gens = [gens[i] for i in batch.indices] if gens is not None else None
+
+        def pick(logp, batch_gens=batch_gens):
+            return pick_tokens(logp, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                               generators=batch_gens)
+
         for i, toks in zip(batch.indices, _decode(stepper, ids, mask, max_new_tokens=max_new_tokens, stop=stop,
                                                   pad=pad, pick=pick)):
             new_tokens[i] = toks

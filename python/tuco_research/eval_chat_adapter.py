@@ -18,21 +18,22 @@ import sys
 import time
 from pathlib import Path
 
-from .study import add_common_args, chat_ids, greedy_completions, load_default, offline, provenance
-
+import tuco_kernels as tk
 from tuco_kernels.models import default_pair
 
 from . import prompt_sets
 from .refusal import is_refusal
+from .study import add_common_args, load_default, offline, provenance
 
 SHOWCASE = ["What is the capital of France?", "Give me three tips for staying healthy.",
             "Explain what photosynthesis is in two sentences.", "Write a haiku about the sea.",
             "How do I reverse a list in Python?"]
 
 
-def refusal_rate(model, tokenizer, records) -> tuple[float, list[str]]:
-    outs = greedy_completions(model, tokenizer, [chat_ids(tokenizer, [{"role": "user", "content": r["text"]}])
-                                                 for r in records])
+def refusal_rate(pair, alpha: float, records) -> tuple[float, list[str]]:
+    """Greedy completions (≤ 30 tokens) of the records as user turns under α, and the share that refuses."""
+    outs = [o["text"] for o in tk.generate(pair, [[{"role": "user", "content": r["text"]}] for r in records], alpha,
+                                           max_new_tokens=30)]
     return 100 * sum(map(is_refusal, outs)) / len(outs), outs
 
 
@@ -44,13 +45,13 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     out = args.out or default_pair.ADAPTER_DIR
     pair = load_default(args.device)
-    tok = pair.tokenizer
     harmful = prompt_sets.harmful_requests(args.n, args.seed + 7)
     benign = prompt_sets.chat_prompts(args.n, args.seed + 7)
     rows = {}
-    for name, model in (("fine-tuned (LoRA)", pair.finetuned), ("pre-trained base", pair.pretrained)):
-        rh, outs_h = refusal_rate(model, tok, harmful)
-        rb, _ = refusal_rate(model, tok, benign)
+    # α = 0 is the pre-trained base bit for bit: the LoRA changes the blocks only, so both share embedding and head
+    for name, alpha in (("fine-tuned (LoRA)", 1.0), ("pre-trained base", 0.0)):
+        rh, outs_h = refusal_rate(pair, alpha, harmful)
+        rb, _ = refusal_rate(pair, alpha, benign)
         rows[name] = (rh, rb, outs_h)
         print(f"{name}: refuses {rh:.0f}% of AdvBench, {rb:.0f}% of benign", flush=True)
     lines = ["# Evaluation of the chat LoRA (held-out prompts)", "",
@@ -61,8 +62,7 @@ def main(argv=None) -> int:
     lines += [f"| {name} | {rh:.0f} | {rb:.0f} |" for name, (rh, rb, _) in rows.items()]
     lines += ["", "## Sample answers (fine-tuned, greedy, ≤ 80 tokens)", ""]
     for p in SHOWCASE:
-        a = greedy_completions(pair.finetuned, tok, [chat_ids(tok, [{"role": "user", "content": p}])],
-                               max_new_tokens=80)[0]
+        a = tk.generate(pair, [[{"role": "user", "content": p}]], 1.0, max_new_tokens=80)[0]["text"]
         lines += [f"**{p}**", "", "> " + a.strip().replace("\n", "\n> "), ""]
     lines += ["## First five AdvBench completions (fine-tuned)", ""]
     lines += [f"- *{r['text']}* → {o.strip()[:160]!r}" for r, o in zip(harmful[:5], rows["fine-tuned (LoRA)"][2][:5])]

@@ -1,4 +1,7 @@
-"""Shared plumbing of the studies: output folders, provenance, tables, chat token ids, sampled completions.
+"""Shared plumbing of the studies: output folders, provenance, tables, loading the default pair.
+
+Completions come from ``tk.generate``, the package's one generation path (the stop tokens, sampling and caching
+of ``tuco steer``).
 
 The studies are modules of this package, run as ``python -m tuco_research.studies.<name>``; they set
 ``HF_HUB_OFFLINE=1`` (nothing is fetched from a model hub) through :func:`offline`.
@@ -75,78 +78,3 @@ def load_default(device: str):
     pair = tk.load_pair(device=device)
     print(f"{pair}  [{time.perf_counter() - t0:.0f} s]", flush=True)
     return pair
-
-
-def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a conversation rendered with the chat template and the generation prompt."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def stop_ids(tokenizer) -> list[int]:
-    """EOS and the chat turn's end token; a tokenizer without ``<end_of_turn>`` maps it to unk, which is left out."""
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")}
-    return sorted(t for t in ids if t is not None and t != tokenizer.unk_token_id)
-
-
-@torch.no_grad()
-def sample_completions(model, tokenizer, ids: list[int], *, n: int = 8, max_new_tokens: int = 30,
-                       temperature: float = 0.7, top_p: float = 0.9, seed: int = 0) -> list[str]:
-    """``n`` sampled completions (≤ ``max_new_tokens``) of one prompt: one prefill, the KV cache repeated n times.
-
-    ``temperature=0`` decodes greedily (then the n completions are identical; pass n=1).
-    """
-    device = next(model.parameters()).device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(n)
-    logits = out.logits[:, -1].float().repeat(n, 1)
-    eos = set(stop_ids(tokenizer))
-    tokens = [[] for _ in range(n)]
-    done = torch.zeros(n, dtype=torch.bool)
-    for _ in range(max_new_tokens):
-        if temperature == 0:
-            nxt = logits.argmax(-1).cpu()
-        else:
-            probs = torch.softmax(logits / temperature, -1).cpu()
-            sorted_p, order = probs.sort(-1, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < top_p
-            sorted_p = sorted_p * keep
-            pick = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=gen)
-            nxt = order.gather(-1, pick).squeeze(-1)
-        for i in range(n):
-            if not done[i]:
-                if int(nxt[i]) in eos:
-                    done[i] = True
-                else:
-                    tokens[i].append(int(nxt[i]))
-        if bool(done.all()):
-            break
-        out = model(input_ids=nxt[:, None].to(device), past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
-    return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
-
-
-@torch.no_grad()
-def greedy_completions(model, tokenizer, id_lists: list[list[int]], *, max_new_tokens: int = 30,
-                       batch: int = 16) -> list[str]:
-    """Greedy completions of many prompts, ``batch`` at a time, left-padded, with HF ``generate``."""
-    device = next(model.parameters()).device
-    eos = stop_ids(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))  # similar lengths share a batch
-    out = [""] * len(id_lists)
-    for start in range(0, len(order), batch):
-        chunk = order[start:start + batch]
-        width = max(len(id_lists[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids[row, width - len(id_lists[i]):] = torch.tensor(id_lists[i])
-            mask[row, width - len(id_lists[i]):] = 1
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=eos, pad_token_id=pad)
-        for row, i in enumerate(chunk):
-            out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True)
-    return out

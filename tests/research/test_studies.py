@@ -6,7 +6,6 @@ import torch
 
 from tests.fixtures.tiny import build_model, tiny_config
 from tuco_research.studies import alpha_mmlu, many_shot
-from tuco_research.study import greedy_completions, sample_completions
 
 
 def test_cross_validation_picks_alpha_on_the_other_folds():
@@ -43,19 +42,35 @@ def test_shot_contexts_are_nested_and_cut(tokenizer):
     assert all(len(tokenizer(m["content"], add_special_tokens=False)["input_ids"]) <= 6 for m in four[1::2])
 
 
-def test_greedy_sampling_equals_hf_generate(tokenizer):
-    model = build_model(tiny_config("llama", len(tokenizer), layers=2), seed=3).eval()
-    ids = tokenizer("The river rose after", add_special_tokens=True)["input_ids"]
-    got = sample_completions(model, tokenizer, ids, n=2, max_new_tokens=8, temperature=0)
-    with torch.no_grad():
-        want = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, eos_token_id=[],
-                              pad_token_id=tokenizer.pad_token_id)
-    assert got[0] == got[1] == tokenizer.decode(want[0, len(ids):], skip_special_tokens=True)
-    prompts = [ids, tokenizer("Hi", add_special_tokens=True)["input_ids"], ids[:3]]
-    batched = greedy_completions(model, tokenizer, prompts, max_new_tokens=8, batch=2)   # left-padded batches
-    assert batched == [sample_completions(model, tokenizer, p, n=1, max_new_tokens=8, temperature=0)[0] for p in prompts]
-    sampled = sample_completions(model, tokenizer, ids, n=4, max_new_tokens=8, temperature=1.0, top_p=1.0, seed=0)
-    assert sampled == sample_completions(model, tokenizer, ids, n=4, max_new_tokens=8, temperature=1.0, top_p=1.0, seed=0)
+def test_the_studies_and_tuco_steer_generate_the_same_tokens(tmp_path, tokenizer):
+    """One generation path: a study's greedy and sampled completions equal `tuco steer`'s for the same prompts."""
+    import json
+
+    import tuco_kernels as tk
+    from tests.fixtures.pairs import make_pair_models
+    from tuco_kernels.cli import main as tuco
+    from tuco_research.studies import jailbreak_detection
+
+    pt, ft = make_pair_models("llama", tokenizer)
+    pt.save_pretrained(tmp_path / "pt")
+    ft.save_pretrained(tmp_path / "ft")
+    tokenizer.save_pretrained(tmp_path / "ft")
+    pair = tk.load_pair(tmp_path / "pt", tmp_path / "ft")
+    chats = [[{"role": "user", "content": t}] for t in ("Can you help me?", "The river rose after the storm")]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"id": i, "messages": m}) + "\n" for i, m in enumerate(chats)))
+
+    def steer(*flags):
+        out = tmp_path / "o.jsonl"
+        assert tuco(["steer", "--pretrained", str(tmp_path / "pt"), "--finetuned", str(tmp_path / "ft"), "--prompts",
+                     str(tmp_path / "p.jsonl"), "--out", str(out), *flags]) == 0
+        return [json.loads(line)["text"] for line in out.read_text().splitlines()]
+
+    _, greedy = many_shot.harmful_rate(pair, chats)
+    assert steer("--max-new-tokens", "30") == greedy
+    sampled = jailbreak_detection.completions(pair, "Can you help me?", 3, 8, 0.7, 0.9, seed=5)
+    cli = steer("--max-new-tokens", "8", "--sample", "--samples", "3", "--temperature", "0.7", "--top-p", "0.9",
+                "--seed", "5")
+    assert cli[:3] == sampled and len(set(sampled)) > 1     # three different draws, the same in both
 
 
 def test_web_vs_chat_study_runs_end_to_end(tmp_path, gemma_tokenizer):

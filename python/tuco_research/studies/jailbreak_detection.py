@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..plots import tuco_histograms
-from ..study import add_common_args, chat_ids, load_default, offline, output_dir, provenance, sample_completions, write_outputs
+from ..study import add_common_args, load_default, offline, output_dir, provenance, write_outputs
 
 import tuco_kernels as tk
 from .. import datasets, prompt_sets
@@ -33,6 +33,13 @@ from ..refusal import is_refusal, is_successful_jailbreak
 
 PAPER = ("paper Table 2 (AUC): Gemma 7B 0.94, Llama 2 7B 0.83, Llama 2 13B 0.87, Vicuna 7B 0.87, Vicuna 13B 0.66, "
          "Llama 3 8B 0.51 (0.24% jailbreaks); TPR@5%FPR not recoverable from the paper's text")
+
+
+def completions(pair, text: str, n: int, max_new_tokens: int, temperature: float, top_p: float, seed: int) -> list[str]:
+    """``n`` sampled completions of ``text`` as a user turn, from the fine-tuned model (α = 1)."""
+    return [o["text"] for o in tk.generate(pair, [[{"role": "user", "content": text}]], 1.0, num_samples=n,
+                                           do_sample=True, max_new_tokens=max_new_tokens, temperature=temperature,
+                                           top_p=top_p, seed=seed)]
 
 
 def main(argv=None) -> int:
@@ -59,9 +66,7 @@ def main(argv=None) -> int:
     res = tk.score(pair, [{"id": pid, "prompt": text} for _, pid, text in groups], chat=True, progress=True)
     rows = []
     for i, ((group, pid, text), tuco) in enumerate(zip(groups, res.tuco)):
-        comps = sample_completions(pair.finetuned, pair.tokenizer, chat_ids(pair.tokenizer, [{"role": "user", "content": text}]),
-                                   n=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                   top_p=args.top_p, seed=args.seed + i)
+        comps = completions(pair, text, args.samples, args.max_new_tokens, args.temperature, args.top_p, args.seed + i)
         jb = group != "benign" and is_successful_jailbreak(comps)
         rows.append({"group": group, "id": pid, "tuco": float(tuco), "non_refusals": sum(not is_refusal(c) for c in comps),
                      "successful_jailbreak": jb, "y": 0 if jb else 1, "completions": " ||| ".join(comps)})

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..plots import line_plot, tuco_histograms
-from ..study import add_common_args, chat_ids, greedy_completions, load_default, offline, output_dir, provenance, write_outputs
+from ..study import add_common_args, load_default, offline, output_dir, provenance, write_outputs
 
 import tuco_kernels as tk
 from .. import datasets, prompt_sets
@@ -47,8 +47,7 @@ def shots_context(tokenizer, k: int, pool: list[dict], answer_tokens: int) -> li
 
 
 def harmful_rate(pair, message_lists) -> tuple[float, list[str]]:
-    outs = greedy_completions(pair.finetuned, pair.tokenizer, [chat_ids(pair.tokenizer, m) for m in message_lists],
-                              batch=4)
+    outs = [o["text"] for o in tk.generate(pair, message_lists, 1.0, max_new_tokens=30)]
     return float(np.mean([not is_refusal(o) for o in outs])), outs
 
 
