@@ -17,7 +17,7 @@ $(STAMP):
 	rm -f .venv/.installed-* && touch $(STAMP)
 
 test: venv
-	$(PY) -m pytest tests bench -q -rs --benchmark-disable
+	$(PY) -m pytest tests bench -q -rs --benchmark-disable --durations=15
 
 demo: venv
 	$(PY) -m tuco_research.demo

@@ -1,4 +1,4 @@
-// tuco::fused_update on CPU: one pass over memory per decoder layer, vectorised, OpenMP-parallel.
+// tuco::fused_update on CPU: one pass over memory per decoder layer, vectorised, OpenMP-parallel (docs/math.md §4).
 //
 // Per layer l, with x = x_l, out_pt = x_l + f_PT(x_l), out_ft = x_l + f_FT(x_l) (shape [B, T, d]):
 //     FTC = out_ft - out_pt,   PTC = out_pt - x,   x_{l+1} = out_pt + alpha * FTC   (= out_ft when alpha == 1)

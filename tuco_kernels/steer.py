@@ -1,9 +1,5 @@
-"""``steer``: next-token log-probabilities under FTC α-scaling (paper Def. 5.1; docs/math.md §3).
-
-x_{l+1} = x_l + PTC(x_l, l) + α·FTC(x_l, l) on the α-model's own stream; α = 1 is the fine-tuned model. The
-fine-tuned model's final norm, LM head and logit post-processing turn x_L into logits. Generation under α is
-:func:`tuco_kernels.generate.generate`.
-"""
+"""``steer``: next-token log-probabilities under FTC α-scaling, x_{l+1} = x_l + PTC + α·FTC on the α-model's own
+stream (docs/math.md §3). Generation under α is :func:`tuco_kernels.generate.generate`."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert assets.cache_dir() == tmp_path / "x" / "tuco_kernels"
 
 
+@pytest.mark.network
 def test_fetch_checks_sha256_and_replaces_a_damaged_copy(tmp_path):
     fetch_or_skip("chatterbot-corpus")
     path = assets.wheel_path("chatterbot-corpus", tmp_path)
@@ -37,6 +38,7 @@ def test_fetch_checks_sha256_and_replaces_a_damaged_copy(tmp_path):
     assert not [p for p in (tmp_path / "wheels").iterdir() if p.name.startswith(".download")]
 
 
+@pytest.mark.network
 def test_a_wrong_pin_is_an_error_naming_the_file(tmp_path, monkeypatch):
     fetch_or_skip("chatterbot-corpus")
     pkg = assets.PACKAGES["chatterbot-corpus"]
@@ -56,6 +58,7 @@ def test_unknown_package_and_unreachable_version(tmp_path, monkeypatch):
         assets.wheel_path("chatterbot-corpus", tmp_path)
 
 
+@pytest.mark.network
 def test_extract_takes_only_what_is_asked_and_names_missing_members(tmp_path):
     fetch_or_skip("chatterbot-corpus")
     root = assets.extract("chatterbot-corpus", ["chatterbot_corpus/data/english/ai.yml"], tmp_path)
@@ -76,6 +79,7 @@ def test_unsafe_member_paths_are_refused():
     assert not assets._safe_member("a/../../b")
 
 
+@pytest.mark.slow
 def test_gguf_is_joined_from_the_parts_and_converted(gemma_tokenizer):
     gguf = assets.gguf_path()
     assert gguf.stat().st_size == 253_113_024
@@ -89,6 +93,7 @@ def test_gguf_is_joined_from_the_parts_and_converted(gemma_tokenizer):
     assert json.loads((folder / "provenance.json").read_text())["source"].startswith(assets.GGUF_NAME)
 
 
+@pytest.mark.slow
 def test_converted_weights_equal_the_gguf_dequantized_by_the_gguf_library(gemma_tokenizer):
     """An oracle independent of transformers: gguf's own dequantizer on two quantized block tensors."""
     import numpy as np

@@ -59,6 +59,7 @@ def big_pair(tmp_path_factory):
     return root, n
 
 
+@pytest.mark.slow
 def test_disk_streaming_peak_rss_under_40_percent_of_resident(big_pair):
     root, n_params = big_pair
     assert 290e6 < n_params < 330e6

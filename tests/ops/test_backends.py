@@ -16,7 +16,7 @@ import torch
 from tuco_kernels import ops
 from tuco_kernels.ops.reference import fused_update_reference
 
-from .test_reference import TOL, loop_oracle
+from tests.fixtures.update_oracle import TOL, loop_oracle
 
 NORM_TOL = dict(rtol=1e-5, atol=1e-5)   # fp32 sums of d terms in another order
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

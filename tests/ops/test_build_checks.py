@@ -23,6 +23,7 @@ NVCC = shutil.which("nvcc")
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA sources are not compile-checked here")
 @pytest.mark.parametrize("source", build_config.CUDA_SOURCES)
+@pytest.mark.slow
 def test_cuda_sources_compile_with_nvcc(source, tmp_path):
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 

@@ -41,6 +41,7 @@ def test_setup_py_build_is_used_here():
     assert torch.ops.tuco.build_info().startswith(f"csrc={build_config.csrc_hash()} ")
 
 
+@pytest.mark.slow
 def test_jit_build_takes_over_when_the_extension_is_not_used(tmp_path):
     result = run_check(tmp_path, TUCO_FORCE_JIT="1")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -50,6 +51,7 @@ def test_jit_build_takes_over_when_the_extension_is_not_used(tmp_path):
     assert list((tmp_path / "ext").rglob("tuco_ops_*.so")), "the JIT build is cached under TUCO_EXTENSIONS_DIR"
 
 
+@pytest.mark.slow
 def test_failed_jit_build_is_reported_and_the_reference_takes_over(tmp_path):
     result = run_check(tmp_path, TUCO_FORCE_JIT="1", CXX="/nonexistent/c++")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -4,33 +4,8 @@ import pytest
 import torch
 
 from tuco_kernels import ops
+from tests.fixtures.update_oracle import TOL, loop_oracle
 from tuco_kernels.errors import TucoError
-
-
-def loop_oracle(x, pt, ft, alpha, last, acc_p, acc_f, all_tokens):
-    """Row by row, in float64, straight from the definitions."""
-    x64, p64, f64 = x.double(), pt.double(), ft.double()
-    nxt = p64 + alpha * (f64 - p64)
-    acc_p, acc_f = acc_p.double().clone(), acc_f.double().clone()
-    norms = torch.zeros(x.shape[0], 4, dtype=torch.float64)
-    for b in range(x.shape[0]):
-        t = int(last[b])
-        ptc, ftc = p64[b] - x64[b], f64[b] - p64[b]
-        if all_tokens:
-            acc_p[b] += ptc
-            acc_f[b] += ftc
-            sp, sf = acc_p[b, t], acc_f[b, t]
-        else:
-            acc_p[b] += ptc[t]
-            acc_f[b] += ftc[t]
-            sp, sf = acc_p[b], acc_f[b]
-        norms[b] = torch.stack([ptc[t].abs().sum(), ftc[t].abs().sum(), sp.abs().sum(), sf.abs().sum()])
-    return nxt, acc_p, acc_f, norms
-
-
-# x_{l+1} is rounded once to the input dtype: within one rounding (half an ulp, relative) of the exact value.
-TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2 ** -8),
-       torch.float16: dict(atol=2e-3, rtol=2 ** -11)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

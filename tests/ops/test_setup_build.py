@@ -48,6 +48,7 @@ def test_failed_cuda_build_falls_back_to_the_cpu_ops(tmp_path):
         shutil.copy(ROOT / name, tree / name)
     shutil.copytree(ROOT / "csrc", tree / "csrc")
     shutil.copy(ROOT / "tuco_kernels" / "ops" / "build_config.py", tree / "tuco_kernels" / "ops")
+    shutil.copy(ROOT / "tuco_kernels" / "_version.py", tree / "tuco_kernels")
     for init in ("tuco_kernels/__init__.py", "tuco_kernels/ops/__init__.py"):
         (tree / init).touch()
     env = {**os.environ, "TUCO_BUILD_CUDA": "force", "CUDA_HOME": CUDA_HOME, "TORCH_CUDA_ARCH_LIST": "9.0",

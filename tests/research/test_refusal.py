@@ -1,5 +1,7 @@
 """The paper's refusal dictionary and jailbreak label (§5.4, App. E.4)."""
 
+import pytest
+
 from tests.fixtures.assets import fetch_or_skip
 from tuco_research import datasets
 from tuco_research.refusal import REFUSAL_STRINGS, is_refusal, is_successful_jailbreak
@@ -26,6 +28,7 @@ def test_successful_jailbreak_needs_two_non_refusals_of_eight():
     assert is_successful_jailbreak(answers)
 
 
+@pytest.mark.network
 def test_agreement_with_pyrits_human_labels():
     """The dictionary is precise but misses paraphrased refusals (measured: 45 of 70 found, 3 false alarms of 35)."""
     fetch_or_skip("pyrit")

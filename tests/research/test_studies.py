@@ -73,6 +73,7 @@ def test_the_studies_and_tuco_steer_generate_the_same_tokens(tmp_path, tokenizer
     assert cli[:3] == sampled and len(set(sampled)) > 1     # three different draws, the same in both
 
 
+@pytest.mark.slow
 def test_web_vs_chat_study_runs_end_to_end(tmp_path, gemma_tokenizer):
     from tuco_research.studies import web_vs_chat as study_web_vs_chat
 

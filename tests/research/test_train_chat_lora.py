@@ -1,10 +1,12 @@
 """The default adapter's recipe: seeded and reproducible, chat-formatted, trained only on non-evaluation sources."""
 
+import pytest
 import json
 
 from tuco_research import train_chat_lora
 
 
+@pytest.mark.slow
 def test_two_short_runs_with_one_seed_give_the_same_adapter(tmp_path, gemma_tokenizer):
     args = ["--steps", "2", "--batch", "2", "--chatterbot", "8", "--trivia", "8", "--max-tokens", "64"]
     for name in ("a", "b"):
@@ -18,6 +20,7 @@ def test_two_short_runs_with_one_seed_give_the_same_adapter(tmp_path, gemma_toke
     assert not (a / "README.md").exists()
 
 
+@pytest.mark.slow
 def test_training_data_excludes_every_evaluation_source(gemma_tokenizer):
     examples = train_chat_lora.training_examples(0, n_chatterbot=50, n_trivia=50)
     sources = {e["source"].split(":")[1] for e in examples}

@@ -1,14 +1,9 @@
 """The decomposition step: one batch through every layer of both models.
 
 For a batch, the fine-tuned model's own forward is recorded (capture.py): x_0 and each block's call
-arguments. Then for l = 0..L-1, on the same stream x_l:
-
-    out_pt = block_l^PT(x_l; kwargs_l),   out_ft = block_l^FT(x_l; kwargs_l)
-    x_{l+1} = out_pt + α_l·(out_ft − out_pt)       (α_l = 1: out_ft exactly, the fine-tuned forward)
-
-with the last-token PTC_l = out_pt − x_l and FTC_l = out_ft − out_pt folded into fp32 accumulators by
-the fused update (ops/). Under α ≠ 1 the stream is the α-model's own, re-decomposed at every layer
-(paper Def. 5.1).
+arguments. Then for l = 0..L-1 both models' block l run on the same stream x_l and the fused update (ops/)
+writes x_{l+1} = out_pt + α_l·(out_ft − out_pt) and accumulates the last-token PTC and FTC (docs/math.md §1, §4).
+Under α ≠ 1 the stream is the α-model's own, re-decomposed at every layer (§3).
 """
 
 from __future__ import annotations

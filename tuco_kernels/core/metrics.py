@@ -1,13 +1,5 @@
-"""The paper's metrics (Nuti et al., ICML 2025, Def. 4.3, §4.4-4.5, §5.5) on accumulated vectors.
-
-With PTC̄ = Σ_l PTC_l and FTC̄ = Σ_l FTC_l taken at the last token:
-
-    TuCo  = |FTC̄|₁ / (|PTC̄|₁ + |FTC̄|₁)         PreCo = 1 − TuCo
-    β_l   = the same ratio for the sums over layers 0..l (cumulative; β_{L-1} = TuCo)
-    OutputCo = |x_L^FT − x_L^PT|₁ / (|x_L^PT|₁ + |x_L^FT − x_L^PT|₁),  x_L^PT from the PT model's own forward
-
-The norm is of the vector sum over layers, so cancellations between layers count (paper App. A).
-"""
+"""The paper's metrics on accumulated vectors (docs/math.md §2): TuCo = |FTC̄|₁ / (|PTC̄|₁ + |FTC̄|₁), the cumulative
+β_l, and OutputCo. The norm is of the vector sum over layers, so cancellations between layers count."""
 
 from __future__ import annotations
 

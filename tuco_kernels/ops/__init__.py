@@ -140,16 +140,11 @@ def fused_update(x: torch.Tensor, out_pt: torch.Tensor, out_ft: torch.Tensor, al
                  last_idx: torch.Tensor, acc_ptc: torch.Tensor, acc_ftc: torch.Tensor, *,
                  out: torch.Tensor | None = None, norms: torch.Tensor | None = None,
                  backend: str | None = None) -> torch.Tensor:
-    """One decoder layer's TuCo update, fused: returns x_{l+1} and accumulates the last-token PTC/FTC.
+    """One decoder layer's TuCo update, fused (docs/math.md §4): returns x_{l+1} = out_pt + α·(out_ft − out_pt) and adds
+    the last-token PTC = out_pt − x and FTC = out_ft − out_pt into the fp32 accumulators, in place.
 
-    With x = x_l, out_pt = x_l + f_PT(x_l), out_ft = x_l + f_FT(x_l), all [B, T, d] in one of fp32, bf16,
-    fp16, and arithmetic in fp32:
-
-        PTC_l = out_pt − x,   FTC_l = out_ft − out_pt
-        x_{l+1} = x + PTC_l + α·FTC_l = out_pt + α·FTC_l     (α = 1: a bit-exact copy of out_ft)
-        acc_ptc[b] += PTC_l[b, last_idx[b]],  acc_ftc[b] += FTC_l[b, last_idx[b]]      (fp32, in place)
-
-    ``acc_*`` of shape [B, T, d] instead of [B, d] accumulate every position (token maps).
+    x, out_pt, out_ft are [B, T, d] in one of fp32, bf16, fp16 (out_pt, out_ft: the two blocks' outputs on x);
+    arithmetic is fp32. ``acc_*`` of shape [B, T, d] instead of [B, d] accumulate every position (token maps).
     ``norms`` (fp32 [B, 4]) receives |PTC_l[b, last]|₁, |FTC_l[b, last]|₁, |acc_ptc[b(, last)]|₁,
     |acc_ftc[b(, last)]|₁ after the update. x_{l+1} is written into ``out`` when given (it may be x
     itself, or out_ft when α = 1, in which case nothing is written), else into a new tensor; it is

@@ -1,6 +1,6 @@
 """The fused TuCo layer update as Triton kernels (the GPU path), registered as torch.ops.tuco.fused_update_triton.
 
-The update (contract: :mod:`tuco_kernels.ops.reference`; math: docs/math.md §2) is split by the rows it
+The update (contract: :mod:`tuco_kernels.ops.reference`; math: docs/math.md §4) is split by the rows it
 touches, so that the kernel that moves almost every byte is a plain vectorised stream:
 
     _accumulate_kernel   the B last-token rows (every row in all-tokens mode): reads x, out_pt, out_ft

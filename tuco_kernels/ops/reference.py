@@ -1,18 +1,11 @@
-"""Eager PyTorch reference for the fused TuCo layer update. Every other backend is tested against it.
+"""Eager PyTorch reference for the fused TuCo layer update (docs/math.md §4); every other backend is tested
+against it, bit for bit.
 
-Per decoder layer l, with x = x_l, out_pt = x_l + f_PT(x_l, l), out_ft = x_l + f_FT(x_l, l):
+    x_{l+1} = out_pt + α·(out_ft − out_pt);   acc_ptc[b] += (out_pt − x)[b, last_b];   acc_ftc[b] += (out_ft − out_pt)[b, last_b]
 
-    PTC_l = out_pt - x                     (the pre-trained block's contribution)
-    FTC_l = out_ft - out_pt                (the fine-tuning contribution)
-    x_{l+1} = x + PTC_l + α·FTC_l = out_pt + α·FTC_l,   and exactly out_ft when α = 1
-    acc_ptc[b] += PTC_l[b, last_b],  acc_ftc[b] += FTC_l[b, last_b]          (fp32)
-
-All arithmetic is in fp32; x_{l+1} is rounded to the input dtype once, at the store. When α = 1
-x_{l+1} is a copy of out_ft (bit-exact: the fine-tuned model's own forward). In all-tokens mode
-(accumulators of shape [B, T, d]) every position is accumulated, for per-token TuCo maps.
-
-``norms`` [B, 4] (fp32), when given, receives after the update
-    |PTC_l[b, last_b]|₁, |FTC_l[b, last_b]|₁, |acc_ptc[b(, last_b)]|₁, |acc_ftc[b(, last_b)]|₁.
+in fp32, rounded to the input dtype once, at the store (α = 1: a copy of out_ft). Accumulators of shape [B, T, d]
+accumulate every position (token maps). ``norms`` [B, 4] receives the L1 norms of the layer's last-token PTC and
+FTC and of the two sums after the update.
 """
 
 from __future__ import annotations
