@@ -25,6 +25,7 @@ import torch
 import tuco_kernels as tk
 
 from . import prompt_sets
+from .plots import beta_profiles, tuco_histograms
 from .stats import auc
 from .study import ROOT, offline
 
@@ -78,8 +79,6 @@ def run(argv=None) -> int:
     table = "\n".join(lines)
     print("\n" + table)
     (args.out / "demo_table.md").write_text(table + "\n")
-
-    from plots import beta_profiles, tuco_histograms
 
     betas = {name: res.beta[(frame.set == name).to_numpy()] for name in sets}
     tuco_histograms(by_set, args.out / "demo_tuco_hist.png", "TuCo per prompt set (gemma-3-270m + chat LoRA)")
