@@ -81,7 +81,7 @@ def test_chat_alpha_and_output_co(tmp_path, models):
     pair = tk.load_pair(models / "pt", models / "ft")
     exp = tk.score(pair, [[{"role": "user", "content": "Can you help me?"}]], system_prompt="Be kind.", output_co=True)
     assert row["tuco"] == pytest.approx(exp.tuco[0]) and row["output_co"] == pytest.approx(exp.output_co[0])
-    assert main(base + ["--alpha", "1.25"]) == 0
+    assert main(base + ["--alpha", "1.25", "--force"]) == 0
     steered = json.loads(out.read_text())["tuco"]
     assert steered == pytest.approx(tk.score(pair, [[{"role": "user", "content": "Can you help me?"}]],
                                              alpha=1.25).tuco[0])

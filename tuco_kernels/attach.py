@@ -8,18 +8,20 @@ Inside the block each fine-tuned decoder block's ``forward`` is wrapped (on the 
 also runs the pre-trained block on the same input and returns out_pt + α·(out_ft − out_pt), folding
 the PTC/FTC of each call's last position into fp32 accumulators. During cached generation the
 pre-trained blocks keep their own KV cache, built on the same (steered) stream. Leaving the block
-deletes the wrappers, which restores the model exactly. With left padding (HF's generation default
+puts back what was there before (nothing, or another tool's wrapper, which runs inside ours meanwhile), which
+restores the model exactly. With left padding (HF's generation default
 for decoder-only models) each call's last position is each row's last real token.
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
 import torch
 
 from . import ops
-from .core.capture import bind_block_call
+from .core.capture import NO_FORWARD, bind_block_call, restore_forward, saved_forward
 from .core.compat import check_compatible
 from .core.engine import layer_alphas
 from .core.metrics import contribution_ratio, tuco_from_sums
@@ -73,12 +75,15 @@ class Probe:
         self.history.append(self.tuco)
 
 
-def _wrap_block(probe: Probe, l: int, ft_block, pt_block):
+def _wrap_block(probe: Probe, l: int, ft_block, pt_block, previous):
+    """The wrapper of one fine-tuned block; ``previous`` is another tool's instance-level forward, kept in the chain."""
+    run_ft = previous if previous is not NO_FORWARD else functools.partial(type(ft_block).forward, ft_block)
+
     def forward(*args, **kwargs):
         _, x, named = bind_block_call(ft_block, args, kwargs)
         if l == 0:
             probe._start_call(x)
-        out_ft = type(ft_block).forward(ft_block, x, **named)
+        out_ft = run_ft(x, **named)
         pt_named = dict(named)
         for name in _CACHE_ARG_NAMES:
             if name in pt_named:
@@ -90,6 +95,8 @@ def _wrap_block(probe: Probe, l: int, ft_block, pt_block):
         if l == probe.n_layers - 1:
             probe._finish_call()
         return x_next
+
+    forward._tuco_attach = True
     return forward
 
 
@@ -102,13 +109,14 @@ def attach(ft_model, pt_model, alpha=1.0, *, backend: str | None = None):
             raise TucoError(f"the {side} model's decoder blocks hold no weights (a streamed pair's frame, "
                             f"offload='cpu'/'disk'); attach needs resident models (offload='none')")
     ft_blocks, pt_blocks = family.layers(ft_model), family.layers(pt_model)
-    if any("forward" in vars(b) for b in ft_blocks):
-        raise TucoError("the fine-tuned model's blocks are already wrapped (nested attach?)")
+    if any(getattr(vars(b).get("forward"), "_tuco_attach", False) for b in ft_blocks):
+        raise TucoError("the fine-tuned model's blocks are already wrapped by attach (nested attach?)")
     probe = Probe(pt_model, len(ft_blocks), layer_alphas(alpha, len(ft_blocks)), backend)
-    for l, (fb, pb) in enumerate(zip(ft_blocks, pt_blocks)):
-        fb.forward = _wrap_block(probe, l, fb, pb)
+    saved = [saved_forward(fb) for fb in ft_blocks]   # another tool's wrappers: called inside ours, put back after
+    for l, (fb, pb, previous) in enumerate(zip(ft_blocks, pt_blocks, saved)):
+        fb.forward = _wrap_block(probe, l, fb, pb, previous)
     try:
         yield probe
     finally:
-        for fb in ft_blocks:
-            vars(fb).pop("forward", None)
+        for fb, previous in zip(ft_blocks, saved):
+            restore_forward(fb, previous)

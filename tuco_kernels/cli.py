@@ -1,24 +1,82 @@
 """The ``tuco`` command: ``tuco score``, ``tuco steer`` and ``tuco info``.
 
-Errors the user can fix (a bad prompt file, an incompatible pair, an unknown dtype) print one line,
-``tuco: error: ...``, and exit with status 2; output files are written atomically (prompts/output.py).
+Exit status: 0 a clean run; 2 a mistake the user can fix (a bad option, prompt file, model or output path), printed
+as one line ``tuco: error: ...`` naming it; 3 the run finished but some rows are flagged (their numbers are not
+finite: see the ``status`` column); 1 an internal error (a bug: one line, the traceback saved to a file to report);
+130 interrupted. Everything that can be checked without the models (options, the output path, every line of the
+prompt file, α against the config's layer count) is checked before any model loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+import traceback
 
 from . import ops
 from ._version import __version__
 from .core.families import SUPPORTED
-from .errors import TucoError
+from .errors import OptionError, TucoError
 from .generate import generate
 from .models.load import load_pair
-from .prompts.output import check_output_path, write_records
+from .models.sources import parse_device, parse_dtype, read_config
+from .prompts.output import OutputTarget
 from .prompts.records import read_prompt_file
+from .prompts.tokenize import TRUNCATE_SIDES
 from .prompts.templates import paper_template, use_paper_template
 from .score import score
+
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_FLAGGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+REPORT_URL = "the project's issue tracker"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the one-line form every other error takes."""
+
+    def error(self, message):
+        print(f"tuco: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(EXIT_USER)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _alpha(text: str):
+    """'1.25' -> 1.25; '1,1,0.5' -> one value per layer."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or comma-separated list of numbers: {text!r}") from None
+    if not all(v == v and abs(v) != float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"must be finite: {text!r}")
+    return values[0] if len(values) == 1 else values
 
 
 def _add_model_args(p: argparse.ArgumentParser):
@@ -37,27 +95,23 @@ def _add_model_args(p: argparse.ArgumentParser):
                                       "llama2, vicuna, llama3, gemma, zephyr-gemma, mistral")
     p.add_argument("--raw-text", action="store_true", help="with the default pair: score text prompts as raw "
                                                            "text instead of chat user turns")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="rows × padded length per batch (default 4096)")
+    p.add_argument("--truncate", choices=TRUNCATE_SIDES,
+                   help="cut prompts longer than the model's positions: left keeps the end (the last token), right "
+                        "the beginning (default: refuse them, naming each)")
+    p.add_argument("--batch-tokens", type=_positive_int, default=4096,
+                   help="rows × padded length per batch (default 4096)")
     p.add_argument("--backend", help="force a kernel backend (see `tuco info`)")
     p.add_argument("--offload", choices=("none", "cpu", "disk"),
                    help="where block weights live: none (on the device), cpu (pinned host memory, streamed per layer), "
                         "disk (read per layer from the safetensors files); default: none, or what --max-gpu-memory needs")
     p.add_argument("--max-gpu-memory", help="device memory budget, e.g. 8GiB: picks --offload and sizes batches")
     p.add_argument("--no-prefetch", action="store_true", help="with offload: copy each layer only when it runs")
-
-
-def _alpha(text: str):
-    """'1.25' -> 1.25; '1,1,0.5' -> one value per layer."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number or comma-separated list of numbers: {text!r}") from None
-    return values[0] if len(values) == 1 else values
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tuco", description="TuCo: how much of a model's answer comes from fine-tuning")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="tuco", description="TuCo: how much of a model's answer comes from fine-tuning")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("score", help="TuCo per prompt")
     _add_model_args(s)
@@ -69,18 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", choices=("prompt", "layer"),
                    help="prompt: all layers per batch; layer: all batches per layer, weights fetched once per sweep "
                         "(default: layer with --offload, else prompt)")
-    s.add_argument("--sweep-tokens", type=int, help="cap on the tokens of one layer-major sweep")
+    s.add_argument("--sweep-tokens", type=_positive_int, help="cap on the tokens of one layer-major sweep")
     s.add_argument("--profile", action="store_true", help="print time in weight copies vs compute, GB/s and overlap")
 
     g = sub.add_parser("steer", help="generate under FTC α-scaling")
     _add_model_args(g)
     g.add_argument("--alpha", type=_alpha, nargs="+", default=[1.0], help="one or more α values (or per-layer lists)")
-    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--max-new-tokens", type=_positive_int, default=32)
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--temperature", type=_positive_float, default=1.0)
+    g.add_argument("--top-p", type=_probability, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--samples", type=int, default=1, help="completions per prompt and α (with --sample: independent draws)")
+    g.add_argument("--samples", type=_positive_int, default=1,
+                   help="completions per prompt and α (with --sample: independent draws)")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step")
     g.add_argument("--out", help="write {id, alpha, text} records here (.jsonl/.csv/.parquet); default: print")
 
@@ -94,12 +149,34 @@ def _default_device(requested):
     return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _load(args):
-    prompts = read_prompt_file(args.prompts)  # validate the input before loading any weights
+def _n_layers(args) -> int | None:
+    """The fine-tuned side's layer count from its config (no weights read); None when it cannot be told yet."""
+    if args.pretrained is None:
+        return None   # the default pair: known once fetched, checked by the scoring itself
+    source = args.pretrained if os.path.isfile(os.path.join(args.finetuned, "adapter_config.json")) else args.finetuned
+    config = read_config(source)
+    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+
+
+def _check_before_loading(args, alphas) -> list:
+    """Every check that costs nothing, before any model loads; returns the prompts."""
+    if (args.pretrained is None) != (args.finetuned is None):
+        raise OptionError("give both --pretrained and --finetuned, or neither (the default gemma-3-270m pair)")
+    parse_dtype(args.dtype)
+    parse_device(_default_device(args.device))
     if args.template:
         paper_template(args.template)  # an unknown name fails before any weights load
-    if (args.pretrained is None) != (args.finetuned is None):
-        raise TucoError("give both --pretrained and --finetuned, or neither (the default gemma-3-270m pair)")
+    if args.backend is not None:
+        ops.resolve_backend(args.backend, _default_device(args.device))
+    prompts = read_prompt_file(args.prompts)  # every line, before any weights load
+    n_layers = _n_layers(args)
+    for alpha in alphas:
+        if isinstance(alpha, list) and n_layers is not None and len(alpha) != n_layers:
+            raise OptionError(f"--alpha has {len(alpha)} values but the model has {n_layers} layers")
+    return prompts
+
+
+def _load(args):
     if args.pretrained is None:
         args.chat = not args.raw_text
         print("tuco: no model given; using the default pair (gemma-3-270m + chat LoRA; first run fetches it)",
@@ -110,55 +187,86 @@ def _load(args):
     if args.template:
         use_paper_template(pair.tokenizer, args.template)
         args.chat = True
-    return pair, prompts
+    return pair
+
+
+def _estimated_bytes(n_prompts: int, per_row: int) -> int:
+    return n_prompts * per_row + 4096
 
 
 def cmd_score(args) -> int:
-    check_output_path(args.out)
-    pair, prompts = _load(args)
-    print(f"tuco: {pair}; {len(prompts)} prompts from {args.prompts}", file=sys.stderr)
-    result = score(pair, prompts, alpha=args.alpha, chat=args.chat, system_prompt=args.system_prompt,
-                   batch_tokens=args.batch_tokens, layers=args.layers, output_co=args.output_co,
-                   progress=not args.no_progress, backend=args.backend, schedule=args.schedule,
-                   max_gpu_memory=args.max_gpu_memory, sweep_tokens=args.sweep_tokens, profile=args.profile)
-    pair.close()
-    write_records(result.to_records(), args.out)
+    prompts = _check_before_loading(args, [args.alpha])
+    per_row = 160 + (3 * 24 * 64 if args.layers else 0)
+    with OutputTarget(args.out, inputs=[args.prompts], force=args.force,
+                      estimated_bytes=_estimated_bytes(len(prompts), per_row)) as target:
+        pair = _load(args)
+        print(f"tuco: {pair}; {len(prompts)} prompts from {args.prompts}", file=sys.stderr)
+        with pair:
+            result = score(pair, prompts, alpha=args.alpha, chat=args.chat, system_prompt=args.system_prompt,
+                           batch_tokens=args.batch_tokens, layers=args.layers, output_co=args.output_co,
+                           progress=not args.no_progress, backend=args.backend, schedule=args.schedule,
+                           max_gpu_memory=args.max_gpu_memory, sweep_tokens=args.sweep_tokens, profile=args.profile,
+                           truncate=args.truncate)
+        target.write(result.to_records())
+    _print_summary(args, pair, result)
+    return EXIT_FLAGGED if result.flagged else EXIT_OK
+
+
+def _print_summary(args, pair, result) -> None:
     s = result.summary()
-    rows = [("prompts", f"{s['n']}"), ("TuCo mean ± sd", f"{s['tuco_mean']:.4f} ± {s['tuco_sd']:.4f}"),
+    rows = [("prompts", f"{s['n']}" + (f" ({s['flagged']} flagged, not averaged)" if s["flagged"] else "")),
+            ("TuCo mean ± sd", f"{s['tuco_mean']:.4f} ± {s['tuco_sd']:.4f}"),
             ("TuCo min / max", f"{s['tuco_min']:.4f} / {s['tuco_max']:.4f}"),
             ("tokens per prompt (mean)", f"{s['tokens_mean']:.1f}"), ("written to", str(args.out))]
     if result.output_co is not None:
-        rows.insert(3, ("OutputCo mean", f"{result.output_co.mean():.4f}"))
+        rows.insert(3, ("OutputCo mean", f"{result.output_co[result.ok].mean():.4f}"))
+    if result.truncated_from is not None:
+        rows.append(("truncated", f"{sum(1 for t in result.truncated_from if t)} prompt(s) cut to the model's "
+                                  f"positions (column truncated_from)"))
     if args.profile:
         rows += result.run.lines()
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows), file=sys.stderr)
-    return 0
+    if result.flagged:
+        first = result.flagged[0]
+        hint = ""
+        if str(pair.dtype) == "torch.float16" and any("non-finite" in result.status[i] for i in result.flagged):
+            hint = "; float16 overflows easily: try --dtype bfloat16 or float32"
+        print(f"tuco: warning: {s['flagged']} of {s['n']} prompts have no usable TuCo (status column); the first, id "
+              f"{result.ids[first]!r}: {result.status[first]}{hint}", file=sys.stderr)
 
 
 def cmd_steer(args) -> int:
+    prompts = _check_before_loading(args, args.alpha)
+    target = None
     if args.out:
-        check_output_path(args.out)
-    pair, prompts = _load(args)
-    records = []
-    use_cache = not args.no_cache and pair.resident
-    if not args.no_cache and not use_cache:
-        print("tuco: streamed weights: generating without a KV cache (each step recomputes the sequence)",
-              file=sys.stderr)
-    for alpha in args.alpha:
-        outs = generate(pair, prompts, alpha, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                        temperature=args.temperature, top_p=args.top_p, seed=args.seed, use_cache=use_cache,
-                        num_samples=args.samples,
-                        chat=args.chat, system_prompt=args.system_prompt, batch_tokens=args.batch_tokens,
-                        backend=args.backend)
-        for o in outs:
-            records.append({"id": o["id"], "alpha": alpha, "sample": o["sample"], "text": o["text"]})
-    if args.out:
-        write_records(records, args.out)
-    else:
-        for r in records:
-            print(f"[{r['id']}] α={r['alpha']}: {r['text']!r}")
-    return 0
+        target = OutputTarget(args.out, inputs=[args.prompts], force=args.force,
+                              estimated_bytes=_estimated_bytes(len(prompts) * len(args.alpha) * args.samples,
+                                                               200 + 8 * args.max_new_tokens)).claim()
+    try:
+        pair = _load(args)
+        records = []
+        use_cache = not args.no_cache and pair.resident
+        if not args.no_cache and not use_cache:
+            print("tuco: streamed weights: generating without a KV cache (each step recomputes the sequence)",
+                  file=sys.stderr)
+        with pair:
+            for alpha in args.alpha:
+                outs = generate(pair, prompts, alpha, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                                temperature=args.temperature, top_p=args.top_p, seed=args.seed, use_cache=use_cache,
+                                num_samples=args.samples, chat=args.chat, system_prompt=args.system_prompt,
+                                batch_tokens=args.batch_tokens, backend=args.backend)
+                for o in outs:
+                    records.append({"id": o["id"], "alpha": alpha, "sample": o["sample"], "text": o["text"]})
+        if target is not None:
+            target.write(records)
+        else:
+            for r in records:
+                print(f"[{r['id']}] α={r['alpha']}: {r['text']!r}")
+    finally:
+        if target is not None:
+            target.release()
+    return EXIT_OK
 
 
 def cmd_info(_args) -> int:
@@ -188,7 +296,10 @@ def cmd_info(_args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:   # --help (0) or an option argparse refused (2, already printed as one line)
+        return exc.code
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # HF's per-file loading bars; ours reports the scoring
@@ -196,10 +307,19 @@ def main(argv=None) -> int:
         return {"score": cmd_score, "steer": cmd_steer, "info": cmd_info}[args.command](args)
     except TucoError as exc:
         print(f"tuco: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER
     except KeyboardInterrupt:
         print("tuco: interrupted; no output written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line here, the traceback in a file for the report
+        fd, path = tempfile.mkstemp(prefix="tuco-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"tuco {__version__}; command line: {' '.join(sys.argv)}\n\n")
+            traceback.print_exc(file=f)
+        print(f"tuco: internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+              f"this is a bug in tuco_kernels. Please report it at {REPORT_URL} with the traceback saved in {path}",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ class TuCoResult:
         (β comes from the fp32 norms the fused update writes).
     token_tuco: N arrays [n_tokens] of TuCo at every position (``token_map=True``).
     output_co: [N] the OutputCo baseline (``output_co=True``).
+    status: N strings, "ok" or why the row's numbers are not usable (a NaN or inf in the stream, naming the first
+        layer and block where it appeared; 0/0); such rows keep their place but are never averaged.
+    truncated_from: N original lengths, 0 for prompts that were not cut (``truncate=...``), else None.
     run: how the run went (:class:`RunInfo`).
     """
 
@@ -61,7 +64,21 @@ class TuCoResult:
     beta: np.ndarray | None = None
     token_tuco: list | None = None
     output_co: np.ndarray | None = None
+    status: list | None = None
+    truncated_from: list | None = None
     run: RunInfo | None = None
+
+    @property
+    def ok(self) -> np.ndarray:
+        """[N] bool: the row's TuCo is a number (``status == "ok"``)."""
+        if self.status is None:
+            return np.isfinite(self.tuco)
+        return np.array([s == "ok" for s in self.status], dtype=bool)
+
+    @property
+    def flagged(self) -> list[int]:
+        """Positions of the rows whose numbers are not usable (see ``status``)."""
+        return [i for i, ok in enumerate(self.ok) if not ok]
 
     @property
     def meta(self) -> dict:
@@ -85,19 +102,24 @@ class TuCoResult:
         return len(self.ids)
 
     def to_records(self) -> list[dict]:
-        """One plain dict per prompt (JSON-serialisable): id, tuco, preco, n_tokens and what was asked for."""
+        """One plain dict per prompt (JSON-serialisable): id, tuco, preco, n_tokens, status and what was asked for.
+        A number that is not finite is None (JSON null), never NaN."""
         out = []
+        ok = self.ok
         for i, pid in enumerate(self.ids):
-            rec = {"id": pid, "tuco": float(self.tuco[i]), "preco": float(self.preco[i]),
-                   "n_tokens": int(self.n_tokens[i])}
+            rec = {"id": pid, "tuco": _number(self.tuco[i]) if ok[i] else None,
+                   "preco": _number(self.preco[i]) if ok[i] else None, "n_tokens": int(self.n_tokens[i]),
+                   "status": self.status[i] if self.status is not None else ("ok" if ok[i] else "non-finite")}
+            if self.truncated_from is not None:
+                rec["truncated_from"] = int(self.truncated_from[i]) or None
             if self.output_co is not None:
-                rec["output_co"] = float(self.output_co[i])
+                rec["output_co"] = _number(self.output_co[i])
             if self.ptc_l1 is not None:
-                rec["ptc_l1"] = self.ptc_l1[i].tolist()
-                rec["ftc_l1"] = self.ftc_l1[i].tolist()
-                rec["beta"] = self.beta[i].tolist()
+                rec["ptc_l1"] = [_number(v) for v in self.ptc_l1[i]]
+                rec["ftc_l1"] = [_number(v) for v in self.ftc_l1[i]]
+                rec["beta"] = [_number(v) for v in self.beta[i]]
             if self.token_tuco is not None:
-                rec["token_tuco"] = [None if math.isnan(v) else float(v) for v in self.token_tuco[i]]
+                rec["token_tuco"] = [_number(v) for v in self.token_tuco[i]]
             out.append(rec)
         return out
 
@@ -107,8 +129,10 @@ class TuCoResult:
         return pd.DataFrame.from_records(self.to_records())
 
     def summary(self) -> dict:
-        t = self.tuco[np.isfinite(self.tuco)]
-        return {"n": len(self), "tuco_mean": float(t.mean()) if t.size else float("nan"),
+        """Statistics over the rows whose TuCo is a number; ``flagged`` counts the others."""
+        t = self.tuco[self.ok & np.isfinite(self.tuco)]
+        return {"n": len(self), "flagged": len(self) - int(t.size),
+                "tuco_mean": float(t.mean()) if t.size else float("nan"),
                 "tuco_sd": float(t.std(ddof=1)) if t.size > 1 else float("nan"),
                 "tuco_min": float(t.min()) if t.size else float("nan"),
                 "tuco_max": float(t.max()) if t.size else float("nan"),
@@ -116,5 +140,11 @@ class TuCoResult:
 
     def __repr__(self) -> str:
         s = self.summary()
-        return (f"TuCoResult(n={s['n']}, tuco mean={s['tuco_mean']:.4f} sd={s['tuco_sd']:.4f} "
+        flagged = f", {s['flagged']} flagged" if s["flagged"] else ""
+        return (f"TuCoResult(n={s['n']}{flagged}, tuco mean={s['tuco_mean']:.4f} sd={s['tuco_sd']:.4f} "
                 f"range=[{s['tuco_min']:.4f}, {s['tuco_max']:.4f}])")
+
+
+def _number(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None

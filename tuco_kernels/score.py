@@ -15,10 +15,10 @@ import torch
 
 from .core.engine import decompose_sweep, layer_alphas
 from .core.metrics import contribution_ratio, output_co as output_co_metric, tuco_from_sums
-from .errors import TucoError
+from .errors import DeviceMemoryError, OptionError
 from .offload.budget import SweepPlan, check_peak, group_sweeps, parse_size, plan_for
 from .offload.streamer import StreamProfile
-from .prompts.batching import Batch, make_batches
+from .prompts.batching import Batch, make_batches, split_batch
 from .prompts.tokenize import pad_id_of, prepare
 from .result import RunInfo, TuCoResult
 
@@ -32,7 +32,7 @@ def score(pair, prompts, *, alpha=1.0, chat: bool = False, system_prompt: str | 
           batch_tokens: int = DEFAULT_BATCH_TOKENS, layers: bool = False, token_map: bool = False,
           output_co: bool = False, progress: bool = False, backend: str | None = None,
           schedule: str | None = None, max_gpu_memory=None, sweep_tokens: int | None = None,
-          profile: bool = False) -> TuCoResult:
+          profile: bool = False, truncate: str | None = None) -> TuCoResult:
     """TuCo of each prompt's last token under the pair's decomposition (paper Def. 4.3).
 
     Args:
@@ -55,15 +55,21 @@ def score(pair, prompts, *, alpha=1.0, chat: bool = False, system_prompt: str | 
             fit, and raises rather than exceed it.
         sweep_tokens: cap on the tokens of one layer-major sweep (default: as many as the budget allows).
         profile: record where the time went (copies vs compute, bandwidth, overlap) in ``result.run.profile``.
+        truncate: a prompt longer than the model's positions is refused by default; "left" keeps its end (the last
+            token, where TuCo is read), "right" its beginning; ``result.truncated_from`` says which were cut.
+
+    Rows whose numbers are not finite keep their place with ``result.status`` saying where the stream broke; they
+    are never averaged (``result.summary()``).
     """
     schedule = schedule or ("prompt" if pair.resident else "layer")
     if schedule not in SCHEDULES:
-        raise TucoError(f"unknown schedule {schedule!r}; use 'prompt' or 'layer'")
+        raise OptionError(f"unknown schedule {schedule!r}; use 'prompt' or 'layer'")
     budget = parse_size(max_gpu_memory)
     if budget is not None and pair.device.type != "cuda":
-        raise TucoError(f"max_gpu_memory is a budget for a CUDA device, but the pair is on {pair.device}")
-    records, token_lists = prepare(pair, prompts, chat=chat, system_prompt=system_prompt)
+        raise OptionError(f"max_gpu_memory is a budget for a CUDA device, but the pair is on {pair.device}")
+    records, token_lists = prepare(pair, prompts, chat=chat, system_prompt=system_prompt, truncate=truncate)
     alphas = layer_alphas(alpha, pair.n_layers)
+    labels = [f"{r.where} (id {r.id!r}, {len(t)} tokens)" for r, t in zip(records, token_lists)]
     plan, batches = plan_batches(pair, token_lists, batch_tokens=batch_tokens, budget=budget,
                                  sweep_tokens=sweep_tokens, output_co=output_co, token_map=token_map)
     groups = group_batches(batches, schedule, plan)
@@ -80,7 +86,7 @@ def score(pair, prompts, *, alpha=1.0, chat: bool = False, system_prompt: str | 
 
     parts = []
     for part in score_groups(pair, groups, alphas=alphas, layers=layers, token_map=token_map, output_co=output_co,
-                             spill=plan.spill, backend=backend, profile=prof, on_layer=after_layer):
+                             spill=plan.spill, backend=backend, profile=prof, on_layer=after_layer, labels=labels):
         parts.append(part)
         if bar is not None and schedule == "prompt":
             bar.update(len(part.indices))
@@ -101,6 +107,8 @@ class BatchScores:
     norms: np.ndarray | None = None     # [b, L, 4]: |PTC_l|₁, |FTC_l|₁, |Σ PTC|₁, |Σ FTC|₁ at the last token
     token_tuco: list | None = None      # b arrays [n_tokens]
     output_co: np.ndarray | None = None  # [b]
+    nonfinite_layer: np.ndarray | None = None  # [b]: first layer with a NaN/inf block output, −1 none, −2 embedding
+    nonfinite_side: np.ndarray | None = None   # [b]: 0 the pre-trained block, 1 the fine-tuned one
 
 
 def plan_batches(pair, token_lists: list[list[int]], *, batch_tokens: int, budget: int | None,
@@ -119,20 +127,48 @@ def group_batches(batches: list[Batch], schedule: str, plan: SweepPlan) -> list[
 
 def score_groups(pair, groups: list[list[Batch]], *, alphas: list[float], layers: bool = False,
                  token_map: bool = False, output_co: bool = False, spill: bool = False, backend: str | None = None,
-                 profile=None, on_layer=None) -> Iterator[BatchScores]:
+                 profile=None, on_layer=None, labels: list[str] | None = None) -> Iterator[BatchScores]:
     """Each group walks the layers once (:func:`~tuco_kernels.core.engine.decompose_sweep`); yields each batch's
-    scores as its group finishes. A prompt's scores depend only on its own batch, not on the other groups."""
+    scores as its group finishes. A prompt's scores depend only on its own batch, not on the other groups.
+
+    When the device runs out of memory, the group's micro-batches are halved and the group runs again, down to
+    one prompt per batch; then :class:`~tuco_kernels.errors.DeviceMemoryError` names the prompt (``labels[i]``
+    describes prompt i). A prompt's scores do not depend on its batch beyond fp32 rounding.
+    """
+    options = dict(layers=layers, token_map=token_map, output_co=output_co, spill=spill, backend=backend,
+                   profile=profile, on_layer=on_layer)
     for group in groups:
-        decs = decompose_sweep(pair, [(b.input_ids, b.attention_mask) for b in group], alphas, layers=layers,
-                               token_map=token_map, keep_final=output_co, own_pt=output_co, spill=spill,
-                               backend=backend, profile=profile, on_layer=on_layer)
-        for batch, dec in zip(group, decs):
-            yield _batch_scores(batch, dec, layers=layers, token_map=token_map, output_co=output_co)
+        yield from _score_group(pair, group, alphas, options, labels)
+
+
+def _score_group(pair, group: list[Batch], alphas, options: dict, labels) -> Iterator[BatchScores]:
+    o = options
+    try:
+        decs = decompose_sweep(pair, [(b.input_ids, b.attention_mask) for b in group], alphas, layers=o["layers"],
+                               token_map=o["token_map"], keep_final=o["output_co"], own_pt=o["output_co"],
+                               spill=o["spill"], backend=o["backend"], profile=o["profile"], on_layer=o["on_layer"])
+    except torch.OutOfMemoryError:
+        if pair.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if all(len(b.indices) == 1 for b in group):
+            if len(group) > 1:   # a sweep of single prompts: one at a time
+                for b in group:
+                    yield from _score_group(pair, [b], alphas, options, labels)
+                return
+            i = group[0].indices[0]
+            what = labels[i] if labels else f"prompt {i} ({group[0].input_ids.shape[1]} tokens)"
+            raise DeviceMemoryError(f"{what}: out of device memory even alone; use a shorter prompt, "
+                                    f"--offload cpu|disk, or a smaller --dtype") from None
+        yield from _score_group(pair, [half for b in group for half in split_batch(b)], alphas, options, labels)
+        return
+    for batch, dec in zip(group, decs):
+        yield _batch_scores(batch, dec, layers=o["layers"], token_map=o["token_map"], output_co=o["output_co"])
 
 
 def _batch_scores(batch: Batch, dec, *, layers: bool, token_map: bool, output_co: bool) -> BatchScores:
     ptc, ftc = dec.sums_at_last()
-    out = BatchScores(list(batch.indices), tuco_from_sums(ptc, ftc).cpu().numpy())
+    out = BatchScores(list(batch.indices), tuco_from_sums(ptc, ftc).cpu().numpy(),
+                      nonfinite_layer=dec.nonfinite_layer.cpu().numpy(), nonfinite_side=dec.nonfinite_side.cpu().numpy())
     if layers:
         out.norms = dec.layer_norms.double().cpu().numpy()
     if token_map:
@@ -145,17 +181,32 @@ def _batch_scores(batch: Batch, dec, *, layers: bool, token_map: bool, output_co
     return out
 
 
+def row_status(tuco: float, nonfinite_layer: int, nonfinite_side: int) -> str:
+    """"ok", or why a row's TuCo is not a number (where the stream first stopped being finite)."""
+    if nonfinite_layer == -2:
+        return "non-finite: the embedding output (x_0) has NaN/inf"
+    if nonfinite_layer >= 0:
+        block = "pre-trained" if nonfinite_side == 0 else "fine-tuned"
+        return f"non-finite: from layer {nonfinite_layer}, the {block} block's output"
+    if not np.isfinite(tuco):
+        return "undefined: ΣPTC and ΣFTC are both zero" if np.isnan(tuco) else "non-finite sums"
+    return "ok"
+
+
 def assemble(records, token_lists, alphas, parts: list[BatchScores], *, layers: bool, token_map: bool,
              output_co: bool, run: RunInfo | None = None) -> TuCoResult:
     """One :class:`TuCoResult` in input order from the batches' scores."""
     n = len(records)
     tuco = np.full(n, np.nan)
+    status = ["not scored"] * n
     norms = np.zeros((n, len(alphas), 4)) if layers else None
     token_tuco = [None] * n if token_map else None
     oco = np.full(n, np.nan) if output_co else None
     for part in parts:
         rows = part.indices
         tuco[rows] = part.tuco
+        for r, i in enumerate(rows):
+            status[i] = row_status(part.tuco[r], int(part.nonfinite_layer[r]), int(part.nonfinite_side[r]))
         if layers:
             norms[rows] = part.norms
         if token_map:
@@ -163,8 +214,11 @@ def assemble(records, token_lists, alphas, parts: list[BatchScores], *, layers: 
                 token_tuco[i] = values
         if output_co:
             oco[rows] = part.output_co
+    truncated = ([r.extra.get("truncated_from", 0) for r in records]
+                 if any("truncated_from" in r.extra for r in records) else None)
     result = TuCoResult(ids=[r.id for r in records], tuco=tuco, n_tokens=np.array([len(t) for t in token_lists]),
-                        alpha=alphas, token_tuco=token_tuco, output_co=oco, run=run)
+                        alpha=alphas, token_tuco=token_tuco, output_co=oco, status=status,
+                        truncated_from=truncated, run=run)
     if layers:
         result.ptc_l1, result.ftc_l1 = norms[..., 0], norms[..., 1]
         result.beta = contribution_ratio(norms[..., 3], norms[..., 2])

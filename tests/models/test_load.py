@@ -144,7 +144,8 @@ def test_result_exports(llama_pair):
     assert list(df.columns[:4]) == ["id", "tuco", "preco", "n_tokens"] and len(df) == len(PROMPTS)
     assert (df["tuco"] + df["preco"]).tolist() == pytest.approx([1.0] * len(PROMPTS))
     rec = r.to_records()[2]
-    assert set(rec) == {"id", "tuco", "preco", "n_tokens", "output_co", "ptc_l1", "ftc_l1", "beta", "token_tuco"}
+    assert set(rec) == {"id", "tuco", "preco", "n_tokens", "status", "output_co", "ptc_l1", "ftc_l1", "beta", "token_tuco"}
+    assert rec["status"] == "ok"
     assert len(rec["token_tuco"]) == rec["n_tokens"] and len(rec["beta"]) == llama_pair.n_layers
     assert "TuCoResult(n=4" in repr(r)
 

@@ -10,7 +10,7 @@ from tuco_kernels.errors import TucoError
 def test_prompt_kinds(tokenizer):
     chat = [{"role": "user", "content": "Can you help me?"}]
     recs = normalize_prompts(["plain text", chat, {"input_ids": [1, 5, 7], "id": "x"}, {"prompt": "p", "id": 9}])
-    assert [r.id for r in recs] == [0, 1, "x", 9]
+    assert [r.id for r in recs] == ["0", "1", "x", "9"]   # one id type per input: strings when any id is one
     ids = tokenize(recs, tokenizer)
     assert ids[0] == tokenizer("plain text")["input_ids"] and ids[0][0] == tokenizer.bos_token_id
     rendered = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
@@ -58,9 +58,9 @@ def test_prompt_files(tmp_path):
     (tmp_path / "p.csv").write_text('id,prompt\nr1,"hello, world"\n,second\n')
     (tmp_path / "p.txt").write_text("one\n\ntwo\n")
     j = read_prompt_file(tmp_path / "p.jsonl")
-    assert [r.id for r in j] == ["first", 1] and j[1].messages[0]["content"] == "b"
+    assert [r.id for r in j] == ["first", "1"] and j[1].messages[0]["content"] == "b"   # one id type: strings
     c = read_prompt_file(tmp_path / "p.csv")
-    assert [(r.id, r.text) for r in c] == [("r1", "hello, world"), (1, "second")]
+    assert [(r.id, r.text) for r in c] == [("r1", "hello, world"), ("1", "second")]
     t = read_prompt_file(tmp_path / "p.txt")
     assert [r.text for r in t] == ["one", "two"] and t[1].where.endswith("p.txt:3")
 
@@ -87,3 +87,44 @@ def test_missing_and_binary_files(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc")
     with pytest.raises(TucoError, match="bin.txt: not UTF-8"):
         read_prompt_file(tmp_path / "bin.txt")
+
+
+def test_csv_with_a_byte_order_mark_keeps_its_id_column(tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM; the first column is still `id`, not `\ufeffid`."""
+    (tmp_path / "x.csv").write_bytes("id,prompt\nr1,hello\nr2,world\n".encode("utf-8-sig"))
+    assert [r.id for r in read_prompt_file(tmp_path / "x.csv")] == ["r1", "r2"]
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("dup.jsonl", '{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "y"}\n{"id": "a", "prompt": "z"}\n',
+     r"dup.jsonl:3: duplicate id 'a' \(first at .*dup.jsonl:1\)"),
+    ("dup.csv", "id,prompt\n7,x\n7,y\n", r"dup.csv:3: duplicate id '7' \(first at .*dup.csv:2\)"),
+    ("mixed.jsonl", '{"id": 1, "prompt": "x"}\n{"id": "1", "prompt": "y"}\n', r"mixed.jsonl:2: duplicate id '1'"),
+    ("nan.jsonl", '{"id": NaN, "prompt": "x"}\n', r"nan.jsonl:1: id must be a string or an integer, got nan"),
+    ("float.jsonl", '{"id": 1.5, "prompt": "x"}\n', r"float.jsonl:1: id must be a string or an integer"),
+    ("bool.jsonl", '{"id": true, "prompt": "x"}\n', r"bool.jsonl:1: id must be a string or an integer"),
+    ("nanstr.csv", "id,prompt\nNaN,x\n", r"nanstr.csv:2: id 'NaN' reads as a missing value"),
+    ("quote.csv", 'id,prompt\na,"unterminated\nb,fine\n', r"quote.csv:2: malformed CSV .*never closed"),
+    ("wide.csv", "id,prompt\na,x,extra\n", r"wide.csv:2: more fields than the header's 2"),
+])
+def test_ids_and_csv_mistakes_are_named(tmp_path, name, content, match):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(TucoError, match=match):
+        read_prompt_file(tmp_path / name)
+
+
+def test_one_id_type_per_input():
+    assert [r.id for r in normalize_prompts([{"prompt": "a", "id": 3}, {"prompt": "b", "id": 4}])] == [3, 4]
+    assert [r.id for r in normalize_prompts([{"prompt": "a", "id": 3}, {"prompt": "b", "id": "x"}])] == ["3", "x"]
+
+
+def test_prompts_longer_than_the_model_are_refused_or_cut(llama_pair):
+    from tuco_kernels.prompts.tokenize import prepare
+
+    long = {"id": "long", "input_ids": [5] * 300}        # the tiny models have 256 positions
+    with pytest.raises(TucoError, match=r"prompt 1 \(id 'long'\): 300 tokens, but the model has 256 positions"):
+        prepare(llama_pair, ["short", long])
+    for side, kept in (("left", slice(-256, None)), ("right", slice(0, 256))):
+        records, ids = prepare(llama_pair, ["short", {"id": "long", "input_ids": list(range(3, 303))}], truncate=side)
+        assert ids[1] == list(range(3, 303))[kept] and records[1].extra["truncated_from"] == 300
+        assert "truncated_from" not in records[0].extra

@@ -58,7 +58,9 @@ def test_system_message_replaces_the_default_and_turns_are_checked(tokenizer):
 def llama2_download(tmp_path_factory, tokenizer):
     """Folders laid out like Llama-2-7b-hf and Llama-2-7b-chat-hf (sharded safetensors), from tiny configs."""
     root = tmp_path_factory.mktemp("llama2")
-    pt = build_model(tiny_config("llama", len(tokenizer), layers=3), seed=0)
+    config = tiny_config("llama", len(tokenizer), layers=3)
+    config.max_position_embeddings = 4096   # as Llama 2's: the paper's system prompt alone is ~400 tiny-BPE tokens
+    pt = build_model(config, seed=0)
     ft = perturbed_copy(pt, scale=0.1, seed=1)
     for model, name in ((pt, "Llama-2-7b-hf"), (ft, "Llama-2-7b-chat-hf")):
         model.save_pretrained(root / name, max_shard_size="40KB")

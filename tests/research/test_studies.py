@@ -62,7 +62,7 @@ def test_the_studies_and_tuco_steer_generate_the_same_tokens(tmp_path, tokenizer
     def steer(*flags):
         out = tmp_path / "o.jsonl"
         assert tuco(["steer", "--pretrained", str(tmp_path / "pt"), "--finetuned", str(tmp_path / "ft"), "--prompts",
-                     str(tmp_path / "p.jsonl"), "--out", str(out), *flags]) == 0
+                     str(tmp_path / "p.jsonl"), "--out", str(out), "--force", *flags]) == 0
         return [json.loads(line)["text"] for line in out.read_text().splitlines()]
 
     _, greedy = many_shot.harmful_rate(pair, chats)

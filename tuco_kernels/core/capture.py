@@ -19,6 +19,23 @@ import torch
 from torch import nn
 
 
+NO_FORWARD = object()   # "no instance-level forward" (see saved_forward)
+
+
+def restore_forward(block: nn.Module, previous) -> None:
+    """Put back what ``block.forward`` was on the instance before we wrapped it (nothing, or another tool's
+    wrapper: accelerate's hooks, nnsight, a user's own patch), so that wrapping never deletes theirs."""
+    if previous is NO_FORWARD:
+        vars(block).pop("forward", None)
+    else:
+        block.forward = previous
+
+
+def saved_forward(block: nn.Module):
+    """The instance-level ``forward`` of ``block`` (another tool's wrapper), or a marker that there is none."""
+    return vars(block).get("forward", NO_FORWARD)
+
+
 class _StopForward(Exception):
     """Raised by the last recorder to end the HF forward once every block's arguments are known."""
 
@@ -86,6 +103,7 @@ def capture(model: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor,
             return hidden
         return recorder
 
+    saved = [saved_forward(block) for block in layers]   # other tools' instance-level wrappers, put back after
     for i, block in enumerate(layers):
         block.forward = make_recorder(i, block)
     try:
@@ -94,8 +112,8 @@ def capture(model: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor,
     except _StopForward:
         pass
     finally:
-        for block in layers:
-            del block.forward
+        for block, previous in zip(layers, saved):
+            restore_forward(block, previous)
     if any(r is None for r in records):
         missing = [i for i, r in enumerate(records) if r is None]
         raise RuntimeError(f"the model's forward did not call decoder blocks {missing}; cannot decompose it")

@@ -9,28 +9,32 @@ Under α ≠ 1 the stream is the α-model's own, re-decomposed at every layer (�
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
 from .. import ops
-from ..errors import TucoError
+from ..errors import OptionError
 from .capture import capture, last_token_index
 
 
 def layer_alphas(alpha, n_layers: int) -> list[float]:
-    """A scalar α or one value per layer, validated, as a list of n_layers floats."""
-    if isinstance(alpha, torch.Tensor):
+    """A scalar α or one value per layer (numbers, numpy scalars or arrays, tensors), as n_layers finite floats."""
+    if hasattr(alpha, "tolist") and not isinstance(alpha, (str, bytes)):   # tensors, numpy arrays and scalars
         alpha = alpha.tolist()
-    if isinstance(alpha, (int, float)):
+    if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
         values = [float(alpha)] * n_layers
-    else:
+    elif isinstance(alpha, (list, tuple)) and all(isinstance(a, numbers.Real) and not isinstance(a, bool)
+                                                  for a in alpha):
         values = [float(a) for a in alpha]
         if len(values) != n_layers:
-            raise TucoError(f"alpha has {len(values)} values but the model has {n_layers} layers")
+            raise OptionError(f"alpha has {len(values)} values but the model has {n_layers} layers")
+    else:
+        raise OptionError(f"alpha must be a number or one number per layer, got {type(alpha).__name__} {alpha!r}")
     bad = [a for a in values if not math.isfinite(a)]
     if bad:
-        raise TucoError(f"alpha must be finite, got {bad[0]}")
+        raise OptionError(f"alpha must be finite, got {bad[0]}")
     return values
 
 
@@ -44,6 +48,8 @@ class BatchDecomposition:
     layer_norms: torch.Tensor | None    # [B, L, 4] fp32: |PTC_l|₁, |FTC_l|₁, |Σ_{≤l} PTC|₁, |Σ_{≤l} FTC|₁
     x_final: torch.Tensor | None        # [B, T, d] model dtype: x_L (pre final norm)
     x_pt_final: torch.Tensor | None = None  # [B, T, d]: the pre-trained model's own x_L (OutputCo)
+    nonfinite_layer: torch.Tensor | None = None  # [B] int64: first layer whose output was not finite, −1: none
+    nonfinite_side: torch.Tensor | None = None   # [B] int64: there, 0 the pre-trained block, 1 the fine-tuned one
 
     def sums_at_last(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.acc_ptc.dim() == 3:
@@ -70,6 +76,10 @@ class _Rows:
         self.acc_ptc = torch.zeros(shape, dtype=torch.float32, device=device)
         self.acc_ftc = torch.zeros_like(self.acc_ptc)
         self.norms = torch.zeros((len(self.kwargs), B, 4), dtype=torch.float32, device=device) if layers else None
+        self.real = attention_mask.bool()
+        # where the stream first stopped being finite, tracked on the device (no synchronisation per layer)
+        self.bad_layer = torch.where(_nonfinite_rows(rec.x0, self.real), -2, -1)   # −2: the embedding already
+        self.bad_side = torch.zeros(B, dtype=torch.int64, device=device)
         self.x = _to_host(rec.x0) if spill else rec.x0
         self.x_pt = self.kwargs_pt = None
         if own_pt:
@@ -86,6 +96,7 @@ class _Rows:
         ``x``/``x_pt`` are the streams on the device; returns them after the layer (x updated in place)."""
         out_pt = run_pt(x, **self.kwargs[l])
         out_ft = run_ft(x, **self.kwargs[l])
+        self._track_nonfinite(l, out_pt, out_ft)
         norms = self.norms[l] if self.norms is not None else None
         ops.fused_update(x, out_pt, out_ft, alpha, self.last_idx, self.acc_ptc, self.acc_ftc, out=x, norms=norms,
                          backend=backend)
@@ -93,12 +104,25 @@ class _Rows:
             x_pt = run_pt(x_pt, **self.kwargs_pt[l])
         return x, x_pt
 
+    def _track_nonfinite(self, l: int, out_pt: torch.Tensor, out_ft: torch.Tensor) -> None:
+        """Record, per row, the first layer whose block output is not finite on a real token, and which block."""
+        bad_pt, bad_ft = _nonfinite_rows(out_pt, self.real), _nonfinite_rows(out_ft, self.real)
+        first = (self.bad_layer == -1) & (bad_pt | bad_ft)
+        self.bad_layer = torch.where(first, l, self.bad_layer)
+        self.bad_side = torch.where(first, torch.where(bad_pt, 0, 1), self.bad_side)
+
     def finish(self, keep_final: bool) -> BatchDecomposition:
         norms = self.norms.transpose(0, 1).contiguous() if self.norms is not None else None
         device = self.last_idx.device
         x = self.x.to(device) if keep_final else None  # a spilled stream comes back (stream-ordered after its copy)
         x_pt = self.x_pt.to(device) if self.x_pt is not None else None
-        return BatchDecomposition(self.last_idx, self.acc_ptc, self.acc_ftc, norms, x, x_pt)
+        return BatchDecomposition(self.last_idx, self.acc_ptc, self.acc_ftc, norms, x, x_pt, self.bad_layer,
+                                  self.bad_side)
+
+
+def _nonfinite_rows(t: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """[B] bool: the row has a NaN or inf on a real (not padding) token of ``t`` [B, T, d]."""
+    return (~torch.isfinite(t).all(-1) & real).any(-1)
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from ..core.families import family_of
-from ..errors import TucoError
+from ..errors import ModelError
+from ..offload.checkpoint import Checkpoint
 from .sources import is_adapter_dir, read_config, resolve_source, weights_kind
 
 log = logging.getLogger("tuco_kernels")
@@ -30,10 +31,26 @@ def load_model(source, *, dtype, gguf_file, allow_pickle, attn_implementation):
     else:
         kwargs["use_safetensors"] = weights_kind(directory, allow_pickle) == "safetensors"
     family_of(read_config(source, gguf_file))  # refuse unsupported families before loading any weights
+    where = directory / (gguf or "")
+    if not gguf and kwargs["use_safetensors"]:
+        Checkpoint(directory).close()   # every shard's header against its file size: a damaged file is named
     try:
-        return AutoModelForCausalLM.from_pretrained(directory, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        raise TucoError(f"{directory / (gguf or '')}: cannot load the model: {exc}") from exc
+        model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True, **kwargs)
+    except Exception as exc:  # HF, safetensors and torch raise many kinds; all mean "this folder does not load"
+        raise ModelError(f"{where}: cannot load the model: {first_line(exc)}") from None
+    for key, what in (("missing_keys", "has no weights for"), ("mismatched_keys", "has weights of another shape for")):
+        names = sorted(info.get(key) or [])
+        if names:
+            shown = names[0] if isinstance(names[0], str) else names[0][0]
+            raise ModelError(f"{where}: the checkpoint {what} {len(names)} parameter(s) of the model its config "
+                             f"describes (first: {shown}); HF would fill them with random values")
+    return model
+
+
+def first_line(exc: BaseException) -> str:
+    """The informative first line of an exception from a library, at most 300 characters."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def load_tokenizer(sources: list, gguf_files: list):
@@ -47,8 +64,11 @@ def load_tokenizer(sources: list, gguf_files: list):
         has_files = g or any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json",
                                                                   "tokenizer.model", "vocab.json"))
         if has_files:
-            return AutoTokenizer.from_pretrained(directory, trust_remote_code=False,
-                                                 **({"gguf_file": g} if g else {}))
+            try:
+                return AutoTokenizer.from_pretrained(directory, trust_remote_code=False,
+                                                     **({"gguf_file": g} if g else {}))
+            except Exception as exc:  # a damaged tokenizer.json, a missing sentencepiece model, ...
+                raise ModelError(f"{directory}: cannot load the tokenizer: {first_line(exc)}") from None
     return None
 
 
@@ -72,14 +92,14 @@ def apply_adapter(base, adapter_dir: Path, allow_pickle: bool):
     names = [p.name for p in adapter_dir.iterdir()]
     if "adapter_model.safetensors" not in names:
         if "adapter_model.bin" in names and not allow_pickle:
-            raise TucoError(f"{adapter_dir / 'adapter_model.bin'}: pickle adapter weights are refused; "
+            raise ModelError(f"{adapter_dir / 'adapter_model.bin'}: pickle adapter weights are refused; "
                             f"pass allow_pickle=True (--allow-pickle)")
         if "adapter_model.bin" not in names:
-            raise TucoError(f"{adapter_dir}: no adapter weights (adapter_model.safetensors)")
+            raise ModelError(f"{adapter_dir}: no adapter weights (adapter_model.safetensors)")
     try:
         peft_model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise TucoError(f"{adapter_dir}: the adapter does not fit the pre-trained model: {exc}") from exc
+    except Exception as exc:  # PEFT, safetensors and torch errors alike
+        raise ModelError(f"{adapter_dir}: the adapter does not fit the pre-trained model: {first_line(exc)}") from None
     return peft_model.merge_and_unload()
 
 

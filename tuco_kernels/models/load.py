@@ -19,14 +19,14 @@ import torch
 
 from ..core.compat import check_compatible, check_configs
 from ..core.pair import ModelPair, ResidentPair
-from ..errors import TucoError
+from ..errors import ModelError, OptionError
 from ..offload.budget import host_memory_available, parse_size
 from ..offload.checkpoint import Checkpoint, ModuleTensors
 from ..offload.lora import LoraAdapter
 from ..offload.streamed import streamed_pair
 from . import default_pair
 from .hf import apply_adapter, load_model, log, prepare_model, tokenizers_for
-from .sources import is_adapter_dir, parse_dtype, read_config, resolve_source, weights_kind
+from .sources import is_adapter_dir, parse_device, parse_dtype, read_config, resolve_source, weights_kind
 
 OFFLOAD_MODES = ("none", "cpu", "disk")
 
@@ -62,13 +62,14 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
         dtype = dtype or "float32"
         tokenizer = tokenizer if tokenizer is not None else default_pair.chat_tokenizer(pretrained)
     if pretrained is None or finetuned is None:
-        raise TucoError("give both the pre-trained and the fine-tuned model, or neither (the default pair)")
+        raise OptionError("give both the pre-trained and the fine-tuned model, or neither (the default pair)")
     dtype = parse_dtype(dtype)
+    device = parse_device(device)
     g_pt, g_ft = gguf_file if isinstance(gguf_file, (tuple, list)) else (gguf_file, gguf_file)
     if offload is None:
         offload = choose_offload(pretrained, finetuned, max_gpu_memory, device, dtype, g_pt, g_ft)
     if offload not in OFFLOAD_MODES:
-        raise TucoError(f"unknown offload mode {offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
+        raise OptionError(f"unknown offload mode {offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
     if offload == "none":
         return load_resident(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
                              g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
@@ -109,7 +110,7 @@ def _tensor_source(model, gguf, *, side: str, offload: str, allow_pickle: bool, 
     """(tensor source, config) of one side."""
     if isinstance(model, torch.nn.Module):
         if offload == "disk":
-            raise TucoError(f"offload='disk' streams from safetensors files, but the {side} model was passed as an "
+            raise ModelError(f"offload='disk' streams from safetensors files, but the {side} model was passed as an "
                             f"object already in memory; use offload='cpu' or pass its directory")
         return ModuleTensors(model, f"the {side} model object"), model.config
     directory, g = resolve_source(model, gguf)
@@ -118,7 +119,7 @@ def _tensor_source(model, gguf, *, side: str, offload: str, allow_pickle: bool, 
         return Checkpoint(directory), config
     if offload == "disk":
         what = f"GGUF file {directory / g}" if g else f"pickle weights in {directory}"
-        raise TucoError(f"offload='disk' streams from safetensors files; the {side} model has {what}. "
+        raise ModelError(f"offload='disk' streams from safetensors files; the {side} model has {what}. "
                         f"Use offload='cpu' (it is dequantized/loaded into host memory once) or convert it")
     loaded = load_model(model, dtype=dtype, gguf_file=gguf, allow_pickle=allow_pickle,
                         attn_implementation=attn_implementation)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TucoError
+from ..errors import ModelError
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -47,14 +47,14 @@ def read_header(file: Path) -> dict[str, TensorEntry]:
     with open(file, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
-            raise TucoError(f"{file}: not a safetensors file (shorter than its 8-byte header length)")
+            raise ModelError(f"{file}: not a safetensors file (shorter than its 8-byte header length)")
         (n,) = struct.unpack("<Q", raw)
         if n > min(_MAX_HEADER, size - 8):
-            raise TucoError(f"{file}: not a safetensors file, or truncated (header length {n}, file size {size})")
+            raise ModelError(f"{file}: not a safetensors file, or truncated (header length {n}, file size {size})")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise TucoError(f"{file}: corrupt safetensors header ({exc})") from None
+            raise ModelError(f"{file}: corrupt safetensors header ({exc})") from None
     entries = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -64,10 +64,10 @@ def read_header(file: Path) -> dict[str, TensorEntry]:
             shape = tuple(int(s) for s in info["shape"])
             begin, end = (int(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise TucoError(f"{file}: tensor {name!r} has an unreadable header entry {info!r}") from None
+            raise ModelError(f"{file}: tensor {name!r} has an unreadable header entry {info!r}") from None
         nbytes = math.prod(shape) * dtype.itemsize
         if end - begin != nbytes or begin < 0 or 8 + n + end > size:
-            raise TucoError(f"{file}: tensor {name!r} ({info['dtype']} {list(shape)}) does not fit its offsets "
+            raise ModelError(f"{file}: tensor {name!r} ({info['dtype']} {list(shape)}) does not fit its offsets "
                             f"{begin}..{end} (file size {size}); the file is truncated or corrupt")
         entries[name] = TensorEntry(file, dtype, shape, 8 + n + begin, nbytes)
     return entries
@@ -78,7 +78,7 @@ def _read_exact(fd: int, dest: memoryview, offset: int, file: Path) -> None:
     while done < len(dest):
         got = os.preadv(fd, [dest[done:]], offset + done)
         if got == 0:
-            raise TucoError(f"{file}: unexpected end of file at byte {offset + done} (truncated while reading?)")
+            raise ModelError(f"{file}: unexpected end of file at byte {offset + done} (truncated while reading?)")
         done += got
 
 
@@ -124,18 +124,18 @@ class Checkpoint(TensorSource):
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise TucoError(f"{index}: not a safetensors index ({exc!r})") from None
+                raise ModelError(f"{index}: not a safetensors index ({exc!r})") from None
             files = sorted(set(weight_map.values()))
         else:
             files = sorted(p.name for p in self.directory.glob("*.safetensors"))
             weight_map = None
         if not files:
-            raise TucoError(f"{self.directory}: no *.safetensors files (streaming reads safetensors only)")
+            raise ModelError(f"{self.directory}: no *.safetensors files (streaming reads safetensors only)")
         self.entries: dict[str, TensorEntry] = {}
         for name in files:
             path = self.directory / name
             if not path.is_file():
-                raise TucoError(f"{index}: lists {name}, which is missing")
+                raise ModelError(f"{index}: lists {name}, which is missing")
             for key, entry in read_header(path).items():
                 if weight_map is not None and weight_map.get(key, name) != name:
                     continue  # the index says another shard holds it
@@ -143,7 +143,7 @@ class Checkpoint(TensorSource):
         if weight_map is not None:
             missing = sorted(set(weight_map) - set(self.entries))
             if missing:
-                raise TucoError(f"{index}: tensor {missing[0]!r} is listed in {weight_map[missing[0]]} but not "
+                raise ModelError(f"{index}: tensor {missing[0]!r} is listed in {weight_map[missing[0]]} but not "
                                 f"stored there")
         self._scratch = torch.empty(0, dtype=torch.uint8)
 
@@ -169,7 +169,7 @@ class Checkpoint(TensorSource):
         """Read tensor ``name`` into CPU tensor ``dest`` (same shape; any dtype, converted if it differs)."""
         e = self.entries[name]
         if tuple(dest.shape) != e.shape:
-            raise TucoError(f"{e.file}: tensor {name!r} has shape {list(e.shape)}, expected {list(dest.shape)}")
+            raise ModelError(f"{e.file}: tensor {name!r} has shape {list(e.shape)}, expected {list(dest.shape)}")
         if not e.nbytes:
             return
         direct = dest.dtype == e.dtype and dest.is_contiguous()
@@ -226,5 +226,5 @@ def resolve_name(source: TensorSource, name: str, model_prefix: str | None, alia
     for c in candidates:
         if c in source:
             return c
-    raise TucoError(f"{source.where}: no tensor {name!r} in the checkpoint"
+    raise ModelError(f"{source.where}: no tensor {name!r} in the checkpoint"
                     + (f" (nor {', '.join(repr(a) for a in aliases)})" if aliases else ""))

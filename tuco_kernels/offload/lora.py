@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TucoError
+from ..errors import ModelError
 from .checkpoint import Checkpoint
 
 
@@ -65,18 +65,18 @@ class LoraAdapter:
         try:
             cfg = json.loads(cfg_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise TucoError(f"{cfg_path}: cannot read the adapter config ({exc})") from None
+            raise ModelError(f"{cfg_path}: cannot read the adapter config ({exc})") from None
         unsupported = [(k, cfg.get(k)) for k, ok in (("peft_type", "LORA"),) if cfg.get(k) != ok]
         unsupported += [(k, cfg[k]) for k in ("use_dora", "lora_bias") if cfg.get(k)]
         if cfg.get("target_parameters"):
             unsupported.append(("target_parameters", cfg["target_parameters"]))
         if unsupported:
             field, value = unsupported[0]
-            raise TucoError(f"{cfg_path}: {field}={value!r} is not supported when streaming weights (only plain "
+            raise ModelError(f"{cfg_path}: {field}={value!r} is not supported when streaming weights (only plain "
                             f"LoRA merges as W + scaling·B·A); load this pair with offload='none'")
         file = self.directory / "adapter_model.safetensors"
         if not file.is_file():
-            raise TucoError(f"{self.directory}: no adapter_model.safetensors (streaming reads safetensors only)")
+            raise ModelError(f"{self.directory}: no adapter_model.safetensors (streaming reads safetensors only)")
         ckpt = Checkpoint(self.directory, file.name)
         self.lora_alpha = float(cfg.get("lora_alpha", 8))
         self.use_rslora = bool(cfg.get("use_rslora", False))
@@ -85,13 +85,13 @@ class LoraAdapter:
         self.replacements: dict[str, torch.Tensor] = {}
         for key in ckpt.names():
             if not key.startswith(self.PREFIX):
-                raise TucoError(f"{file}: unexpected tensor {key!r} (PEFT keys start with {self.PREFIX!r})")
+                raise ModelError(f"{file}: unexpected tensor {key!r} (PEFT keys start with {self.PREFIX!r})")
             rest = key[len(self.PREFIX):]
             m = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight", rest)
             if m:
                 pairs.setdefault(m.group(1), {})[m.group(2)] = ckpt.read(key, torch.float32)
             elif re.search(r"\.lora_(embedding_[AB]|magnitude_vector)\b|\.lora_[AB]\.", rest):
-                raise TucoError(f"{file}: {key!r} is an embedding/DoRA/conv LoRA tensor, not supported when "
+                raise ModelError(f"{file}: {key!r} is an embedding/DoRA/conv LoRA tensor, not supported when "
                                 f"streaming weights; load this pair with offload='none'")
             else:
                 self.replacements[rest.replace(".base_layer.", ".").replace(".modules_to_save.default", "")] = \
@@ -100,7 +100,7 @@ class LoraAdapter:
         self.modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for module, ab in pairs.items():
             if set(ab) != {"lora_A", "lora_B"}:
-                raise TucoError(f"{file}: module {module!r} has {sorted(ab)} but needs both lora_A and lora_B")
+                raise ModelError(f"{file}: module {module!r} has {sorted(ab)} but needs both lora_A and lora_B")
             self.modules[module] = (ab["lora_A"], ab["lora_B"])
 
     def delta_for(self, param_name: str, module: torch.nn.Module | None) -> LoraDelta | None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import OptionError
+
 
 @dataclass
 class Batch:
@@ -17,7 +19,7 @@ class Batch:
 def make_batches(token_lists: list[list[int]], batch_tokens: int, pad_id: int = 0) -> list[Batch]:
     """Group prompts, longest first, so that rows × padded length ≤ batch_tokens (a longer prompt goes alone)."""
     if batch_tokens < 1:
-        raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
+        raise OptionError(f"batch_tokens must be a positive number of tokens, got {batch_tokens}")
     order = sorted(range(len(token_lists)), key=lambda i: (-len(token_lists[i]), i))
     groups: list[list[int]] = []
     for i in order:
@@ -36,3 +38,16 @@ def make_batches(token_lists: list[list[int]], batch_tokens: int, pad_id: int = 
             mask[row, T - n:] = 1
         batches.append(Batch(group, ids, mask))
     return batches
+
+
+def split_batch(batch: Batch) -> list[Batch]:
+    """Two batches of half the rows each (one when there is one row), each trimmed to its own longest prompt."""
+    if len(batch.indices) < 2:
+        return [batch]
+    half = len(batch.indices) // 2
+    out = []
+    for rows in (slice(0, half), slice(half, None)):
+        mask = batch.attention_mask[rows]
+        keep = int(mask.sum(-1).max())
+        out.append(Batch(batch.indices[rows], batch.input_ids[rows, -keep:], mask[:, -keep:]))
+    return out

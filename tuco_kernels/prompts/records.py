@@ -2,16 +2,22 @@
 
 A prompt is raw text, a chat (a list of ``{"role", "content"}`` messages) or pre-tokenized
 (``{"input_ids": [...]}``). Every error names the prompt (its index, or file and line).
+
+Ids: a prompt's ``id`` is a string or an integer (booleans, floats, NaN and null-like strings such as "" or
+"NaN", which spreadsheets and pandas read as missing, are refused); within one input, ids are one type (integers
+only if every id is one, else all strings) and unique (a duplicate is refused with both places). Without an id
+(a line without ``id``, a blank CSV cell), a prompt's id is its index. CSV files may start with a UTF-8 byte-order mark (Excel's "CSV UTF-8").
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import TucoError
+from ..errors import PromptError
 
 
 @dataclass
@@ -26,11 +32,22 @@ class Prompt:
     extra: dict = field(default_factory=dict)
 
 
+_MISSING_LIKE = {"", "nan", "na", "n/a", "null", "none", "<na>"}
+
+
+def _check_id(value, where: str):
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise PromptError(f"{where}: id must be a string or an integer, got {value!r}")
+    if isinstance(value, str) and value.strip().lower() in _MISSING_LIKE:
+        raise PromptError(f"{where}: id {value!r} reads as a missing value in spreadsheets and pandas; use another id")
+    return value
+
+
 def _from_mapping(item: dict, idx: int, where: str) -> Prompt:
-    pid = item.get("id", idx)
+    pid = _check_id(item["id"], where) if "id" in item else idx
     keys = [k for k in ("prompt", "text", "messages", "input_ids") if k in item]
     if len(keys) != 1:
-        raise TucoError(f"{where}: expected exactly one of 'prompt', 'messages' or 'input_ids'; found {keys or 'none'}")
+        raise PromptError(f"{where}: expected exactly one of 'prompt', 'messages' or 'input_ids'; found {keys or 'none'}")
     key = keys[0]
     value = item[key]
     if key in ("prompt", "text"):
@@ -42,24 +59,24 @@ def _from_mapping(item: dict, idx: int, where: str) -> Prompt:
 
 def _check_text(value, where: str) -> str:
     if not isinstance(value, str):
-        raise TucoError(f"{where}: prompt must be a string, got {type(value).__name__}")
+        raise PromptError(f"{where}: prompt must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise TucoError(f"{where}: empty prompt")
+        raise PromptError(f"{where}: empty prompt")
     return value
 
 
 def _check_messages(value, where: str) -> list:
     if not isinstance(value, list) or not value:
-        raise TucoError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
+        raise PromptError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
     for j, m in enumerate(value):
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise TucoError(f"{where}: message {j} must be an object with string 'role' and 'content'")
+            raise PromptError(f"{where}: message {j} must be an object with string 'role' and 'content'")
     return value
 
 
 def _check_ids(value, where: str) -> list:
     if not isinstance(value, list) or not value or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        raise TucoError(f"{where}: 'input_ids' must be a non-empty list of integers")
+        raise PromptError(f"{where}: 'input_ids' must be a non-empty list of integers")
     return value
 
 
@@ -79,22 +96,36 @@ def normalize_prompts(prompts) -> list[Prompt]:
         elif isinstance(item, list):
             out.append(Prompt(i, f"prompt {i}", messages=_check_messages(item, f"prompt {i}")))
         else:
-            raise TucoError(f"prompt {i}: unsupported prompt type {type(item).__name__}")
+            raise PromptError(f"prompt {i}: unsupported prompt type {type(item).__name__}")
     if not out:
-        raise TucoError("no prompts given")
-    return out
+        raise PromptError("no prompts given")
+    return unify_ids(out)
+
+
+def unify_ids(records: list[Prompt]) -> list[Prompt]:
+    """One id type per input (integers only if every id is one, else strings) and no id twice."""
+    if not all(isinstance(r.id, int) for r in records):
+        for r in records:
+            r.id = str(r.id)
+    seen: dict = {}
+    for r in records:
+        if r.id in seen:
+            raise PromptError(f"{r.where}: duplicate id {r.id!r} (first at {seen[r.id]}); ids must be unique so that "
+                              f"results can be joined back to their prompts")
+        seen[r.id] = r.where
+    return records
 
 
 def read_prompt_file(path) -> list[Prompt]:
     """Read .jsonl (``prompt`` or ``messages``, optional ``id``), .csv (column ``prompt``) or .txt (a prompt a line)."""
     path = Path(path)
     if not path.is_file():
-        raise TucoError(f"{path}: prompt file not found")
+        raise PromptError(f"{path}: prompt file not found")
     suffix = path.suffix.lower()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")   # a UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped
     except UnicodeDecodeError as exc:
-        raise TucoError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise PromptError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     records: list[Prompt] = []
     if suffix == ".jsonl":
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -104,24 +135,34 @@ def read_prompt_file(path) -> list[Prompt]:
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise TucoError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+                raise PromptError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
             if not isinstance(item, dict):
-                raise TucoError(f"{where}: each line must be a JSON object")
+                raise PromptError(f"{where}: each line must be a JSON object")
             records.append(_from_mapping(item, len(records), where))
     elif suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or "prompt" not in reader.fieldnames:
-            raise TucoError(f"{path}:1: CSV header must have a 'prompt' column (found {reader.fieldnames})")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            pid = row["id"] if row.get("id") not in (None, "") else len(records)
-            records.append(Prompt(pid, where, text=_check_text(row["prompt"] or "", where)))
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        try:
+            fields = reader.fieldnames
+            if not fields or "prompt" not in fields:
+                raise PromptError(f"{path}:1: CSV header must have a 'prompt' column (found {fields})")
+            start = 2
+            for row in reader:
+                where = f"{path}:{start}"
+                start = reader.line_num + 1
+                if None in row:
+                    raise PromptError(f"{where}: more fields than the header's {len(fields)}")
+                blank = "id" not in fields or not (row["id"] or "").strip()   # a blank id cell: the row's index
+                pid = len(records) if blank else _check_id(row["id"], where)
+                records.append(Prompt(pid, where, text=_check_text(row["prompt"] or "", where)))
+        except csv.Error as exc:
+            hint = ("; a quote opened there is never closed" if "end of data" in str(exc) else "")
+            raise PromptError(f"{path}:{start}: malformed CSV ({exc}){hint}") from None
     elif suffix == ".txt":
         for lineno, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 records.append(Prompt(len(records), f"{path}:{lineno}", text=line))
     else:
-        raise TucoError(f"{path}: unknown prompt file type {suffix!r}; use .jsonl, .csv or .txt")
+        raise PromptError(f"{path}: unknown prompt file type {suffix!r}; use .jsonl, .csv or .txt")
     if not records:
-        raise TucoError(f"{path}: no prompts in file")
-    return records
+        raise PromptError(f"{path}: no prompts in file")
+    return unify_ids(records)

@@ -5,19 +5,19 @@ names the prompt."""
 
 from __future__ import annotations
 
-from ..errors import TucoError
+from ..errors import OptionError, PromptError
 from .records import Prompt, normalize_prompts
 
 
 def render_chat(tokenizer, messages: list, system_prompt: str | None, where: str) -> str:
     if getattr(tokenizer, "chat_template", None) is None:
-        raise TucoError(f"{where}: chat formatting requested but the fine-tuned tokenizer has no chat template")
+        raise PromptError(f"{where}: chat formatting requested but the fine-tuned tokenizer has no chat template")
     if system_prompt and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system_prompt}] + list(messages)
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except Exception as exc:  # jinja raise_exception(...) and friends, e.g. "System role not supported"
-        raise TucoError(f"{where}: the chat template rejected this conversation: {exc}") from exc
+        raise PromptError(f"{where}: the chat template rejected this conversation: {exc}") from exc
 
 
 def tokenize(prompts: list[Prompt], tokenizer, *, chat: bool = False, system_prompt: str | None = None,
@@ -29,7 +29,7 @@ def tokenize(prompts: list[Prompt], tokenizer, *, chat: bool = False, system_pro
             ids = p.input_ids
         else:
             if tokenizer is None:
-                raise TucoError(f"{p.where}: text prompt but the pair has no tokenizer; pass tokenizer= or input_ids")
+                raise PromptError(f"{p.where}: text prompt but the pair has no tokenizer; pass tokenizer= or input_ids")
             if p.messages is not None or chat:
                 messages = p.messages or [{"role": "user", "content": p.text}]
                 text = render_chat(tokenizer, messages, system_prompt, p.where)
@@ -37,10 +37,10 @@ def tokenize(prompts: list[Prompt], tokenizer, *, chat: bool = False, system_pro
             else:
                 ids = tokenizer(p.text, add_special_tokens=True)["input_ids"]
         if not ids:
-            raise TucoError(f"{p.where}: prompt tokenizes to zero tokens")
+            raise PromptError(f"{p.where}: prompt tokenizes to zero tokens")
         if vocab_size is not None and (min(ids) < 0 or max(ids) >= vocab_size):
             bad = next(t for t in ids if t < 0 or t >= vocab_size)
-            raise TucoError(f"{p.where}: token id {bad} is outside the model's vocabulary [0, {vocab_size})")
+            raise PromptError(f"{p.where}: token id {bad} is outside the model's vocabulary [0, {vocab_size})")
         out.append(list(ids))
     return out
 
@@ -50,8 +50,45 @@ def pad_id_of(tokenizer) -> int:
     return 0 if pad is None else pad  # padded positions are masked; the id only has to be valid
 
 
-def prepare(pair, prompts, *, chat=False, system_prompt=None) -> tuple[list[Prompt], list[list[int]]]:
-    """Normalised prompts and their token ids for ``pair`` (its tokenizer; ids checked against its vocabulary)."""
+TRUNCATE_SIDES = ("left", "right")
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence the model's position encoding covers (None: no fixed limit found in the config)."""
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_context(records: list[Prompt], token_lists: list[list[int]], limit: int | None,
+                truncate: str | None) -> list[list[int]]:
+    """Refuse (naming the prompt and its length) or, with ``truncate``, cut prompts longer than ``limit`` tokens.
+
+    ``truncate="left"`` keeps the end of the prompt (its last token, the one TuCo is read at); ``"right"`` keeps
+    the beginning. A truncated prompt's record gets ``extra["truncated_from"]`` (its full length).
+    """
+    if truncate is not None and truncate not in TRUNCATE_SIDES:
+        raise OptionError(f"truncate must be 'left' or 'right', got {truncate!r}")
+    if limit is None:
+        return token_lists
+    out = []
+    for rec, ids in zip(records, token_lists):
+        if len(ids) > limit:
+            if truncate is None:
+                raise PromptError(f"{rec.where} (id {rec.id!r}): {len(ids)} tokens, but the model has {limit} positions; "
+                                  f"shorten it, or pass --truncate left|right (truncate='left'|'right') to cut it")
+            rec.extra["truncated_from"] = len(ids)
+            ids = ids[-limit:] if truncate == "left" else ids[:limit]
+        out.append(ids)
+    return out
+
+
+def prepare(pair, prompts, *, chat=False, system_prompt=None,
+            truncate: str | None = None) -> tuple[list[Prompt], list[list[int]]]:
+    """Normalised prompts and their token ids for ``pair``: its tokenizer, ids checked against its vocabulary,
+    lengths against its positions (:func:`fit_context`)."""
     records = normalize_prompts(prompts)
     ids = tokenize(records, pair.tokenizer, chat=chat, system_prompt=system_prompt, vocab_size=pair.vocab_size)
-    return records, ids
+    return records, fit_context(records, ids, max_positions(pair.finetuned.config), truncate)
