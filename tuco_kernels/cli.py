@@ -15,7 +15,7 @@ import sys
 import tempfile
 import traceback
 
-from . import ops
+from . import ops, report
 from ._version import __version__
 from .core.families import SUPPORTED
 from .errors import OptionError, TucoError
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="write {id, alpha, text} records here (.jsonl/.csv/.parquet); default: print")
 
     sub.add_parser("info", help="versions, device and available kernel backends")
+    report.add_parser(sub)
     return parser
 
 
@@ -304,7 +305,7 @@ def main(argv=None) -> int:
 
     hf_logging.disable_progress_bar()  # HF's per-file loading bars; ours reports the scoring
     try:
-        return {"score": cmd_score, "steer": cmd_steer, "info": cmd_info}[args.command](args)
+        return {"score": cmd_score, "steer": cmd_steer, "info": cmd_info, "report": report.run}[args.command](args)
     except TucoError as exc:
         print(f"tuco: error: {exc}", file=sys.stderr)
         return EXIT_USER
