@@ -44,7 +44,7 @@ def poisoned(pair, side: str, layer: int, value=float("nan")):
 
 @pytest.mark.parametrize("side,block", [("pt", "pre-trained"), ("ft", "fine-tuned")])
 def test_a_nan_weight_flags_every_row_naming_the_layer_and_block(llama_pair, side, block):
-    result = tk.score(poisoned(llama_pair, side, 1), PROMPTS)
+    result = tk.score(poisoned(llama_pair, side, 1), PROMPTS, chat=False)
     assert result.flagged == list(range(len(PROMPTS)))
     assert set(result.status) == {f"non-finite: from layer 1, the {block} block's output"}
     assert all(r["tuco"] is None and r["status"] != "ok" for r in result.to_records())
@@ -56,8 +56,8 @@ def test_one_bad_prompt_is_flagged_and_never_averaged(llama_pair, tokenizer):
     pt, ft = copy.deepcopy(llama_pair.pretrained), copy.deepcopy(llama_pair.finetuned)
     with torch.no_grad():
         ft.get_input_embeddings().weight[bad_token] = float("inf")
-    result = tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS)
-    clean = tk.score(llama_pair, PROMPTS[:3])
+    result = tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS, chat=False)
+    clean = tk.score(llama_pair, PROMPTS[:3], chat=False)
     assert result.flagged == [3] and result.status[3] == "non-finite: the embedding output (x_0) has NaN/inf"
     assert result.summary()["tuco_mean"] == pytest.approx(clean.tuco.mean(), abs=1e-12)   # the other three only
     assert "1 flagged" in repr(result)
@@ -102,7 +102,7 @@ def test_float16_overflow_says_to_use_bfloat16(saved, tmp_path, capsys, tokenize
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_numbers(llama_pair, monkeypatch):
     score_module = importlib.import_module("tuco_kernels.score")   # tk.score is the function of that name
 
-    expected = tk.score(llama_pair, PROMPTS * 4, layers=True)
+    expected = tk.score(llama_pair, PROMPTS * 4, layers=True, chat=False)
     real = score_module.decompose_sweep
     calls = []
 
@@ -114,7 +114,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_numbers(llama_pair, 
         return real(pair, batches, *args, **kwargs)
 
     monkeypatch.setattr(score_module, "decompose_sweep", small_device)
-    got = tk.score(llama_pair, PROMPTS * 4, layers=True)
+    got = tk.score(llama_pair, PROMPTS * 4, layers=True, chat=False)
     assert max(calls) > 2 and all(r <= 2 for r in calls[calls.index(max(calls)) + 1:][-4:])
     np.testing.assert_allclose(got.tuco, expected.tuco, atol=1e-6, rtol=0)   # batch-independent to fp32 rounding
     np.testing.assert_allclose(got.beta, expected.beta, atol=1e-5, rtol=0)
@@ -128,7 +128,7 @@ def test_out_of_memory_for_a_single_prompt_names_it(llama_pair, monkeypatch):
 
     monkeypatch.setattr(score_module, "decompose_sweep", no_memory)
     with pytest.raises(DeviceMemoryError, match=r"prompt \d \(id \d, \d+ tokens\): out of device memory even alone"):
-        tk.score(llama_pair, PROMPTS)
+        tk.score(llama_pair, PROMPTS, chat=False)
 
 
 # ------------------------------------------------------------------------------------------ other tools' hooks
@@ -145,8 +145,8 @@ def test_other_tools_forward_wrappers_survive_score_generate_and_attach(tokenize
         return type(block).forward(block, *args, **kwargs)
 
     block.forward = users_wrapper
-    tk.score(pair, PROMPTS[:2])
-    tk.generate(pair, PROMPTS[:1], alpha=1.25, max_new_tokens=2)     # attach wraps, calls theirs, restores
+    tk.score(pair, PROMPTS[:2], chat=False)
+    tk.generate(pair, PROMPTS[:1], alpha=1.25, max_new_tokens=2, chat=False)     # attach wraps, calls theirs, restores
     assert vars(block)["forward"] is users_wrapper
     n = len(calls)
     assert n > 0   # attach's steered forward went through the user's wrapper
@@ -199,12 +199,12 @@ def test_devices_that_do_not_exist_here_are_named(saved, device, match):
 
 def test_alpha_types_in_python(llama_pair):
     with pytest.raises(OptionError, match=r"alpha must be a number or one number per layer, got str '1.25'"):
-        tk.score(llama_pair, PROMPTS[:1], alpha="1.25")
+        tk.score(llama_pair, PROMPTS[:1], alpha="1.25", chat=False)
     with pytest.raises(OptionError, match="alpha has 2 values but the model has 3 layers"):
-        tk.score(llama_pair, PROMPTS[:1], alpha=[1.0, 1.0])
-    by_numpy = tk.score(llama_pair, PROMPTS[:1], alpha=np.float32(1.25)).tuco
-    assert by_numpy == pytest.approx(tk.score(llama_pair, PROMPTS[:1], alpha=1.25).tuco)
-    assert tk.score(llama_pair, PROMPTS[:1], alpha=np.array([1.0, 1.25, 1.0])).tuco.shape == (1,)
+        tk.score(llama_pair, PROMPTS[:1], alpha=[1.0, 1.0], chat=False)
+    by_numpy = tk.score(llama_pair, PROMPTS[:1], alpha=np.float32(1.25), chat=False).tuco
+    assert by_numpy == pytest.approx(tk.score(llama_pair, PROMPTS[:1], alpha=1.25, chat=False).tuco)
+    assert tk.score(llama_pair, PROMPTS[:1], alpha=np.array([1.0, 1.25, 1.0]), chat=False).tuco.shape == (1,)
 
 
 # ------------------------------------------------------------------------------------------ the command line
@@ -273,7 +273,8 @@ def test_an_internal_error_is_one_line_and_a_saved_traceback(saved, tmp_path, ca
     rc = run("score", "--pretrained", saved / "pt", "--finetuned", saved / "ft", "--prompts", saved / "prompts.txt",
              "--out", tmp_path / "o.csv", "--no-progress")
     err = capsys.readouterr().err
-    assert rc == cli.EXIT_INTERNAL and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert rc == cli.EXIT_INTERNAL and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("tuco: internal error")   # one line, the last
     assert "tuco: internal error (ZeroDivisionError: planted); this is a bug" in err
     crash = err.split("traceback saved in ")[1].strip()
     assert "ZeroDivisionError: planted" in open(crash).read()

@@ -30,11 +30,11 @@ def hooked_alpha_logprobs(pt, ft, ids, alpha):
 
 @pytest.mark.parametrize("alpha", [0.0, 0.75, 1.25])
 def test_steer_matches_hooked_hf_forward(pair, tokenizer, alpha):
-    logp = tk.steer(pair, PROMPTS, alpha)
+    logp = tk.steer(pair, PROMPTS, alpha, chat=False)
     for i, p in enumerate(PROMPTS):
         exp = hooked_alpha_logprobs(pair.pretrained, pair.finetuned, tokenizer(p)["input_ids"], alpha)
         torch.testing.assert_close(logp[i], exp, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(logp, tk.steer(pair, PROMPTS, 1.0), atol=1e-4)  # α really changes the output
+    assert not torch.allclose(logp, tk.steer(pair, PROMPTS, 1.0, chat=False), atol=1e-4)  # α really changes the output
 
 
 def test_attach_alpha_one_is_bit_identical_and_restores(pair, tokenizer):
@@ -43,7 +43,7 @@ def test_attach_alpha_one_is_bit_identical_and_restores(pair, tokenizer):
     with tk.attach(pair.finetuned, pair.pretrained, alpha=1.0) as probe:
         inside = pair.finetuned(input_ids=ids).logits
     assert torch.equal(inside, before)
-    assert probe.tuco[0].item() == pytest.approx(tk.score(pair, [PROMPTS[2]]).tuco[0], abs=1e-6)
+    assert probe.tuco[0].item() == pytest.approx(tk.score(pair, [PROMPTS[2]], chat=False).tuco[0], abs=1e-6)
     assert probe.beta.shape == (1, pair.n_layers)
     with tk.attach(pair.finetuned, pair.pretrained, alpha=1.25):
         steered = pair.finetuned(input_ids=ids).logits
@@ -72,7 +72,7 @@ def test_attach_restores_after_an_exception(llama_pair):
 
 
 def test_generate_alpha_one_equals_hf_generate(pair, tokenizer):
-    outs = tk.generate(pair, PROMPTS, 1.0, max_new_tokens=6)
+    outs = tk.generate(pair, PROMPTS, 1.0, max_new_tokens=6, chat=False)
     for p, o in zip(PROMPTS, outs):
         ids = torch.tensor([tokenizer(p)["input_ids"]])
         hf = pair.finetuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
@@ -88,8 +88,8 @@ def test_generate_alpha_one_equals_hf_generate(pair, tokenizer):
 @pytest.mark.parametrize("alpha", [0.5, 1.25])
 def test_cached_generation_equals_uncached(pair, alpha):
     """HF generate under attach (both models keep KV caches on the steered stream) = full recomputation."""
-    uncached = tk.generate(pair, PROMPTS, alpha, max_new_tokens=6, use_cache=False)
-    cached = tk.generate(pair, PROMPTS, alpha, max_new_tokens=6, use_cache=True)
+    uncached = tk.generate(pair, PROMPTS, alpha, max_new_tokens=6, use_cache=False, chat=False)
+    cached = tk.generate(pair, PROMPTS, alpha, max_new_tokens=6, use_cache=True, chat=False)
     assert [o["token_ids"] for o in cached] == [o["token_ids"] for o in uncached]
 
 
@@ -99,22 +99,22 @@ def test_probe_history_during_generation(llama_pair, tokenizer):
         llama_pair.finetuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
                                       min_new_tokens=4, do_sample=False, pad_token_id=0)
     assert len(probe.history) == 4  # the prompt call and three decoding steps
-    assert probe.history[0][0].item() == pytest.approx(tk.score(llama_pair, [PROMPTS[0]]).tuco[0], abs=1e-6)
+    assert probe.history[0][0].item() == pytest.approx(tk.score(llama_pair, [PROMPTS[0]], chat=False).tuco[0], abs=1e-6)
 
 
 def test_sampling_is_seeded(llama_pair):
-    a = tk.generate(llama_pair, PROMPTS[:2], 1.0, max_new_tokens=5, do_sample=True, seed=3, top_p=0.9)
-    b = tk.generate(llama_pair, PROMPTS[:2], 1.0, max_new_tokens=5, do_sample=True, seed=3, top_p=0.9)
+    a = tk.generate(llama_pair, PROMPTS[:2], 1.0, max_new_tokens=5, do_sample=True, seed=3, top_p=0.9, chat=False)
+    b = tk.generate(llama_pair, PROMPTS[:2], 1.0, max_new_tokens=5, do_sample=True, seed=3, top_p=0.9, chat=False)
     assert a == b
     with pytest.raises(TucoError, match="temperature must be positive"):
-        tk.generate(llama_pair, PROMPTS[:1], 1.0, do_sample=True, temperature=0)
+        tk.generate(llama_pair, PROMPTS[:1], 1.0, do_sample=True, temperature=0, chat=False)
 
 
 def test_samples_do_not_depend_on_the_batch(llama_pair):
     """Each (prompt, sample) row draws from its own seeded generator: alone or beside others, the same text."""
-    alone = tk.generate(llama_pair, PROMPTS[:1], 1.0, max_new_tokens=6, do_sample=True, seed=7, num_samples=3)
+    alone = tk.generate(llama_pair, PROMPTS[:1], 1.0, max_new_tokens=6, do_sample=True, seed=7, num_samples=3, chat=False)
     mixed = tk.generate(llama_pair, PROMPTS[2:3] + PROMPTS[:1], 1.0, max_new_tokens=6, do_sample=True, seed=7,
-                        num_samples=3, batch_tokens=10**6)
+                        num_samples=3, batch_tokens=10**6, chat=False)
     assert [o["token_ids"] for o in mixed[3:]] == [o["token_ids"] for o in alone]
     assert [o["sample"] for o in alone] == [0, 1, 2] and len({tuple(o["token_ids"]) for o in alone}) > 1
 

@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import traceback
+import warnings
 
 from . import ops, report
 from ._version import __version__
@@ -24,8 +25,8 @@ from .models.load import load_pair
 from .models.sources import parse_device, parse_dtype, read_config
 from .prompts.output import OutputTarget
 from .prompts.records import read_prompt_file
-from .prompts.tokenize import TRUNCATE_SIDES
-from .prompts.templates import paper_template, use_paper_template
+from .prompts.tokenize import TRUNCATE_SIDES, rendering
+from .prompts.templates import TemplateMismatchWarning, paper_template, use_paper_template
 from .score import score
 
 
@@ -88,13 +89,12 @@ def _add_model_args(p: argparse.ArgumentParser):
     p.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
     p.add_argument("--allow-pickle", action="store_true", help="permit pickle (*.bin) weights")
     p.add_argument("--prompts", required=True, help="prompt file: .jsonl (prompt|messages, id), .csv (prompt), .txt")
-    p.add_argument("--chat", action="store_true", help="render text prompts as user turns of the chat template "
-                                                       "(always on for the default pair, a chat model)")
+    p.add_argument("--chat", action="store_true", help="insist on rendering text prompts as user turns of the "
+                                                       "fine-tuned tokenizer's chat template (the default when it has one)")
     p.add_argument("--system-prompt", help="system message for chat prompts")
     p.add_argument("--template", help="render prompts with one of the paper's templates (implies --chat): "
                                       "llama2, vicuna, llama3, gemma, zephyr-gemma, mistral")
-    p.add_argument("--raw-text", action="store_true", help="with the default pair: score text prompts as raw "
-                                                           "text instead of chat user turns")
+    p.add_argument("--raw-text", action="store_true", help="score text prompts as raw text, not as chat user turns")
     p.add_argument("--truncate", choices=TRUNCATE_SIDES,
                    help="cut prompts longer than the model's positions: left keeps the end (the last token), right "
                         "the beginning (default: refuse them, naming each)")
@@ -169,6 +169,7 @@ def _check_before_loading(args, alphas) -> list:
         paper_template(args.template)  # an unknown name fails before any weights load
     if args.backend is not None:
         ops.resolve_backend(args.backend, _default_device(args.device))
+    _rendering_choice(args)
     prompts = read_prompt_file(args.prompts)  # every line, before any weights load
     n_layers = _n_layers(args)
     for alpha in alphas:
@@ -177,17 +178,28 @@ def _check_before_loading(args, alphas) -> list:
     return prompts
 
 
+def _rendering_choice(args) -> bool | None:
+    """--chat: True, --raw-text: False, neither: None (the chat template when the tokenizer has one)."""
+    if args.chat and args.raw_text:
+        raise OptionError("--chat and --raw-text contradict each other; give one")
+    return True if args.chat or args.template else (False if args.raw_text else None)
+
+
 def _load(args):
     if args.pretrained is None:
-        args.chat = not args.raw_text
         print("tuco: no model given; using the default pair (gemma-3-270m + chat LoRA; first run fetches it)",
               file=sys.stderr)
     pair = load_pair(args.pretrained, args.finetuned, tokenizer=args.tokenizer, dtype=args.dtype,
                      device=_default_device(args.device), allow_pickle=args.allow_pickle, offload=args.offload,
                      max_gpu_memory=args.max_gpu_memory, prefetch=not args.no_prefetch)
     if args.template:
-        use_paper_template(pair.tokenizer, args.template)
-        args.chat = True
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TemplateMismatchWarning)
+            use_paper_template(pair, args.template)
+        for w in caught:
+            print(f"tuco: warning: {w.message}", file=sys.stderr)
+    args.chat = _rendering_choice(args)
+    print(f"tuco: rendering: {rendering(pair.tokenizer, args.chat, args.system_prompt)}", file=sys.stderr)
     return pair
 
 

@@ -28,7 +28,7 @@ from .core.capture import position_ids_from_mask
 from .core.engine import decompose_batch, layer_alphas
 from .errors import TucoError
 from .prompts.batching import make_batches
-from .prompts.tokenize import pad_id_of, prepare
+from .prompts.tokenize import pad_id_of, prepare, use_chat
 
 DEFAULT_BATCH_TOKENS = 4096
 
@@ -170,13 +170,14 @@ def _decode(stepper, ids, mask, *, max_new_tokens, stop, pad, pick) -> list[list
 @torch.no_grad()
 def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
-             seed: int | None = None, use_cache: bool | None = None, chat: bool = False,
+             seed: int | None = None, use_cache: bool | None = None, chat: bool | None = None,
              system_prompt: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
              backend: str | None = None) -> list[dict]:
     """Decode under α, greedily or by sampling (see the module docstring).
 
     Args:
-        prompts, chat, system_prompt: as in :func:`~tuco_kernels.score`.
+        prompts, chat, system_prompt: as in :func:`~tuco_kernels.score` (by default text prompts become chat user
+            turns when the tokenizer has a chat template).
         alpha: a scalar or one value per layer; 1.0 is the fine-tuned model itself.
         num_samples: completions per prompt (sampling: independent draws; greedy: identical).
         seed: seeds the sampler: each (prompt, sample) row draws from its own CPU generator seeded from ``seed``, the
@@ -201,7 +202,7 @@ def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: b
                         f"this pair streams its weights (offload={pair.offload!r}): use use_cache=False")
     records, token_lists = prepare(pair, prompts, chat=chat, system_prompt=system_prompt)
     alphas = layer_alphas(alpha, pair.n_layers)
-    chats = chat or any(r.messages is not None for r in records)
+    chats = use_chat(pair.tokenizer, chat) or any(r.messages is not None for r in records)
     stop, pad = stop_token_ids(pair, chats), pad_id_of(pair.tokenizer)
     expanded = [t for t in token_lists for _ in range(num_samples)]
     gens = row_generators(expanded, [k % num_samples for k in range(len(expanded))], seed) if do_sample else None

@@ -16,7 +16,8 @@ from .offload.streamer import StreamProfile
 class RunInfo:
     """How a :func:`~tuco_kernels.score` call ran.
 
-    schedule: "prompt" or "layer"; offload: where the blocks' weights lived ("none", "cpu", "disk");
+    schedule: "prompt" or "layer"; offload: where the blocks' weights lived ("none", "cpu", "disk"); rendering: how
+    text prompts were turned into tokens (chat template or raw text);
     plan: the micro-batch and sweep plan; sweeps: how many sweeps walked the layers; profile: copies vs
     compute (``profile=True``); peak_gpu_memory: bytes (with ``max_gpu_memory``).
     """
@@ -27,10 +28,11 @@ class RunInfo:
     sweeps: int
     profile: StreamProfile | None = None
     peak_gpu_memory: int | None = None
+    rendering: str = ""
 
     def lines(self) -> list[tuple[str, str]]:
         """(label, value) rows for a printed summary."""
-        rows = [("schedule", f"{self.schedule}, offload={self.offload}, {self.sweeps} sweep(s)"),
+        rows = [("rendering", self.rendering), ("schedule", f"{self.schedule}, offload={self.offload}, {self.sweeps} sweep(s)"),
                 ("plan", self.plan.describe())]
         if self.profile is not None:
             rows += self.profile.lines() if self.offload != "none" else [("weight copies", "none (resident)")]

@@ -19,7 +19,7 @@ from .errors import DeviceMemoryError, OptionError
 from .offload.budget import SweepPlan, check_peak, group_sweeps, parse_size, plan_for
 from .offload.streamer import StreamProfile
 from .prompts.batching import Batch, make_batches, split_batch
-from .prompts.tokenize import pad_id_of, prepare
+from .prompts.tokenize import pad_id_of, prepare, rendering
 from .result import RunInfo, TuCoResult
 
 DEFAULT_BATCH_TOKENS = 4096
@@ -28,7 +28,7 @@ DEFAULT_BATCH_TOKENS = 4096
 SCHEDULES = ("prompt", "layer")
 
 
-def score(pair, prompts, *, alpha=1.0, chat: bool = False, system_prompt: str | None = None,
+def score(pair, prompts, *, alpha=1.0, chat: bool | None = None, system_prompt: str | None = None,
           batch_tokens: int = DEFAULT_BATCH_TOKENS, layers: bool = False, token_map: bool = False,
           output_co: bool = False, progress: bool = False, backend: str | None = None,
           schedule: str | None = None, max_gpu_memory=None, sweep_tokens: int | None = None,
@@ -40,7 +40,8 @@ def score(pair, prompts, *, alpha=1.0, chat: bool = False, system_prompt: str | 
         prompts: a string, a chat, or a list of strings, chats (lists of messages) or mappings with
             ``prompt`` / ``messages`` / ``input_ids`` (and optional ``id``).
         alpha: FTC scaling (a scalar or one value per layer); 1.0 is the fine-tuned model itself.
-        chat: render text prompts as the user turn of the fine-tuned tokenizer's chat template.
+        chat: how text prompts are rendered: None (default) as the user turn of the fine-tuned tokenizer's chat
+            template when it has one, else raw text; True the template (an error without one); False raw text.
         system_prompt: prepended as a system message to chats.
         batch_tokens: rows × padded length per (micro-)batch.
         layers: also return per-layer ``ptc_l1``, ``ftc_l1`` and the cumulative ``beta``.
@@ -93,6 +94,7 @@ def score(pair, prompts, *, alpha=1.0, chat: bool = False, system_prompt: str | 
     if bar is not None:
         bar.close()
     run = RunInfo(schedule=schedule, offload=pair.offload, plan=plan, sweeps=len(groups), profile=prof,
+                  rendering=rendering(pair.tokenizer, chat, system_prompt),
                   peak_gpu_memory=torch.cuda.max_memory_allocated(pair.device) if budget is not None else None)
     return assemble(records, token_lists, alphas, parts, layers=layers, token_map=token_map, output_co=output_co,
                     run=run)

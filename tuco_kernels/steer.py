@@ -12,7 +12,7 @@ from .prompts.tokenize import pad_id_of, prepare
 
 
 @torch.no_grad()
-def steer(pair, prompts, alpha=1.0, *, chat: bool = False, system_prompt: str | None = None,
+def steer(pair, prompts, alpha=1.0, *, chat: bool | None = None, system_prompt: str | None = None,
           batch_tokens: int = DEFAULT_BATCH_TOKENS, backend: str | None = None) -> torch.Tensor:
     """Next-token log-probabilities [N, V] (fp32, input order) after each prompt under α."""
     _, token_lists = prepare(pair, prompts, chat=chat, system_prompt=system_prompt)

@@ -21,7 +21,7 @@ def _ids(tokenizer, prompts=PROMPTS):
 def test_engine_matches_naive_reference(family, tokenizer, dtype, atol, batch_tokens):
     pt, ft = make_pair_models(family, tokenizer, dtype)
     pair = tk.load_pair(pt, ft, tokenizer=tokenizer)
-    result = tk.score(pair, PROMPTS, batch_tokens=batch_tokens)
+    result = tk.score(pair, PROMPTS, batch_tokens=batch_tokens, chat=False)
     expected = [naive_tuco(pt, ft, ids) for ids in _ids(tokenizer)]
     assert result.tuco == pytest.approx(expected, abs=atol)
     assert 0 < result.tuco.min() and result.tuco.max() < 1  # a real, non-degenerate difference
@@ -39,7 +39,7 @@ def test_identity_x0_plus_sums_is_final_block_output(pair, tokenizer):
 
 
 def test_alpha_one_logits_equal_hf(pair, tokenizer):
-    logp = tk.steer(pair, PROMPTS, alpha=1.0)
+    logp = tk.steer(pair, PROMPTS, alpha=1.0, chat=False)
     for i, ids in enumerate(_ids(tokenizer)):
         hf = torch.log_softmax(pair.finetuned(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
         torch.testing.assert_close(logp[i], hf, atol=2e-6, rtol=1e-6)
@@ -62,21 +62,21 @@ def test_alpha_zero_is_pretrained_model_with_shared_embeddings(pair, tokenizer):
 
 def test_identical_models_give_zero(family, tokenizer):
     pt, _ = make_pair_models(family, tokenizer)
-    result = tk.score(tk.load_pair(pt, pt, tokenizer=tokenizer), PROMPTS, layers=True)
+    result = tk.score(tk.load_pair(pt, pt, tokenizer=tokenizer), PROMPTS, layers=True, chat=False)
     assert (result.tuco == 0).all()
     assert (result.ftc_l1 == 0).all() and (result.ptc_l1 > 0).all()
 
 
 def test_batching_does_not_change_results(pair):
-    together = tk.score(pair, PROMPTS, batch_tokens=100_000, layers=True)
-    alone = [tk.score(pair, [p], layers=True) for p in PROMPTS]
+    together = tk.score(pair, PROMPTS, batch_tokens=100_000, layers=True, chat=False)
+    alone = [tk.score(pair, [p], layers=True, chat=False) for p in PROMPTS]
     assert together.tuco == pytest.approx([a.tuco[0] for a in alone], abs=1e-6)
     for i, a in enumerate(alone):
         assert together.beta[i] == pytest.approx(a.beta[0], abs=1e-5)
 
 
 def test_layers_profile_is_consistent(llama_pair, tokenizer):
-    r = tk.score(llama_pair, PROMPTS, layers=True)
+    r = tk.score(llama_pair, PROMPTS, layers=True, chat=False)
     assert r.ptc_l1.shape == r.ftc_l1.shape == r.beta.shape == (len(PROMPTS), llama_pair.n_layers)
     assert r.beta[:, -1] == pytest.approx(r.tuco, abs=1e-5)  # β after the last layer is TuCo (fp32 norms)
     pt, ft = llama_pair.pretrained, llama_pair.finetuned
@@ -89,7 +89,7 @@ def test_layers_profile_is_consistent(llama_pair, tokenizer):
 
 
 def test_token_map_last_position_is_tuco(llama_pair, tokenizer):
-    r = tk.score(llama_pair, PROMPTS, token_map=True)
+    r = tk.score(llama_pair, PROMPTS, token_map=True, chat=False)
     for i, ids in enumerate(_ids(tokenizer)):
         assert len(r.token_tuco[i]) == len(ids)
         assert r.token_tuco[i][-1] == pytest.approx(r.tuco[i], abs=1e-6)
@@ -100,7 +100,7 @@ def test_token_map_last_position_is_tuco(llama_pair, tokenizer):
 
 
 def test_output_co_matches_definition(pair, tokenizer):
-    r = tk.score(pair, PROMPTS, output_co=True)
+    r = tk.score(pair, PROMPTS, output_co=True, chat=False)
     for i, ids in enumerate(_ids(tokenizer)):
         outs = {}
         for name, model in (("pt", pair.pretrained), ("ft", pair.finetuned)):
@@ -113,12 +113,12 @@ def test_output_co_matches_definition(pair, tokenizer):
 
 def test_per_layer_alpha(llama_pair):
     L = llama_pair.n_layers
-    ones = tk.score(llama_pair, PROMPTS, alpha=[1.0] * L)
-    assert ones.tuco == pytest.approx(tk.score(llama_pair, PROMPTS).tuco, abs=0)
+    ones = tk.score(llama_pair, PROMPTS, alpha=[1.0] * L, chat=False)
+    assert ones.tuco == pytest.approx(tk.score(llama_pair, PROMPTS, chat=False).tuco, abs=0)
     # scaling only the last layer's FTC leaves every earlier layer's stream, hence TuCo, unchanged
-    last_only = tk.score(llama_pair, PROMPTS, alpha=[1.0] * (L - 1) + [3.0])
+    last_only = tk.score(llama_pair, PROMPTS, alpha=[1.0] * (L - 1) + [3.0], chat=False)
     assert last_only.tuco == pytest.approx(ones.tuco, abs=0)
-    first = tk.score(llama_pair, PROMPTS, alpha=[3.0] + [1.0] * (L - 1))
+    first = tk.score(llama_pair, PROMPTS, alpha=[3.0] + [1.0] * (L - 1), chat=False)
     assert (abs(first.tuco - ones.tuco) > 1e-4).all()
     with pytest.raises(TucoError, match="alpha has 2 values but the model has 3 layers"):
         layer_alphas([1.0, 1.0], 3)
@@ -139,10 +139,10 @@ def test_unsupported_family_is_refused(tokenizer):
 @pytest.mark.gpu
 def test_engine_on_gpu_matches_cpu(tokenizer):
     pt, ft = make_pair_models("llama", tokenizer)
-    cpu = tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS)
+    cpu = tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS, chat=False)
     import copy
     gpu_pair = tk.load_pair(copy.deepcopy(pt), copy.deepcopy(ft), tokenizer=tokenizer, device="cuda")
-    assert tk.score(gpu_pair, PROMPTS).tuco == pytest.approx(cpu.tuco, abs=1e-4)
+    assert tk.score(gpu_pair, PROMPTS, chat=False).tuco == pytest.approx(cpu.tuco, abs=1e-4)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -163,8 +163,8 @@ def test_scores_do_not_depend_on_the_kernel_backend(tokenizer, dtype, device):
     else:                 # the CUDA op is required too: tests/ops/test_extension.py says why it is missing
         expected = {"triton", "torch"}
     assert expected <= set(backends), ops.backend_status(device)
-    runs = {b: (tk.score(pair, PROMPTS[:3], layers=True, token_map=True, backend=b),
-                tk.steer(pair, PROMPTS[:3], alpha=0.5, backend=b)) for b in backends}
+    runs = {b: (tk.score(pair, PROMPTS[:3], layers=True, token_map=True, backend=b, chat=False),
+                tk.steer(pair, PROMPTS[:3], alpha=0.5, backend=b, chat=False)) for b in backends}
     ref_scores, ref_logp = runs["torch"]
     for backend, (scores, logp) in runs.items():
         assert (scores.tuco == ref_scores.tuco).all(), backend

@@ -31,8 +31,8 @@ def test_load_from_directories(saved, tokenizer):
     assert len(list((saved / "ft").glob("*.safetensors"))) > 1  # really sharded
     pair = tk.load_pair(saved / "pt", saved / "ft")
     pt, ft = make_pair_models("llama", tokenizer)
-    expected = tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS).tuco
-    assert tk.score(pair, PROMPTS).tuco == pytest.approx(expected, abs=0)
+    expected = tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS, chat=False).tuco
+    assert tk.score(pair, PROMPTS, chat=False).tuco == pytest.approx(expected, abs=0)
     gguf_vocab = pair.tokenizer.get_vocab()
     assert all(gguf_vocab.get(t) == i for t, i in tokenizer.get_vocab().items())  # every token keeps its id
 
@@ -64,8 +64,8 @@ def test_peft_adapter_as_finetuned_side(tmp_path, saved, tokenizer):
     peft_model.save_pretrained(tmp_path / "adapter")
     merged = copy.deepcopy(peft_model).merge_and_unload()
     pair = tk.load_pair(saved / "pt", tmp_path / "adapter")
-    direct = tk.score(tk.load_pair(base, merged, tokenizer=tokenizer), PROMPTS).tuco
-    got = tk.score(pair, PROMPTS).tuco
+    direct = tk.score(tk.load_pair(base, merged, tokenizer=tokenizer), PROMPTS, chat=False).tuco
+    got = tk.score(pair, PROMPTS, chat=False).tuco
     assert got == pytest.approx(direct, abs=1e-6) and (got > 0).all()
     # the PEFT model's own forward (adapter active, unmerged) agrees with the fine-tuned side
     ids = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
@@ -125,10 +125,10 @@ def test_gguf_files(tmp_path, tokenizer):
         ours = tokenizer(p)["input_ids"]
         assert pair.tokenizer(p)["input_ids"] == (ours if bos_from_gguf else ours[1:])
     token_ids = [{"input_ids": tokenizer(p)["input_ids"]} for p in PROMPTS]
-    expected = tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), token_ids).tuco
-    assert tk.score(pair, token_ids).tuco == pytest.approx(expected, abs=1e-6)
+    expected = tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), token_ids, chat=False).tuco
+    assert tk.score(pair, token_ids, chat=False).tuco == pytest.approx(expected, abs=1e-6)
     same_dir = tk.load_pair(tmp_path, tmp_path, gguf_file=("pt.gguf", "ft.gguf"))
-    assert tk.score(same_dir, token_ids).tuco == pytest.approx(expected, abs=1e-6)
+    assert tk.score(same_dir, token_ids, chat=False).tuco == pytest.approx(expected, abs=1e-6)
 
 
 def test_incompatible_directories_fail_before_loading_weights(tmp_path, saved, tokenizer):
@@ -139,7 +139,7 @@ def test_incompatible_directories_fail_before_loading_weights(tmp_path, saved, t
 
 
 def test_result_exports(llama_pair):
-    r = tk.score(llama_pair, PROMPTS, layers=True, output_co=True, token_map=True)
+    r = tk.score(llama_pair, PROMPTS, layers=True, output_co=True, token_map=True, chat=False)
     df = r.to_pandas()
     assert list(df.columns[:4]) == ["id", "tuco", "preco", "n_tokens"] and len(df) == len(PROMPTS)
     assert (df["tuco"] + df["preco"]).tolist() == pytest.approx([1.0] * len(PROMPTS))
@@ -159,7 +159,7 @@ def test_half_precision_pair_is_the_model_hf_loads(saved, tokenizer, dtype):
     pair = tk.load_pair(saved / "pt", saved / "ft", dtype=dtype)
     hf = AutoModelForCausalLM.from_pretrained(saved / "ft", dtype=getattr(torch, dtype)).eval()
     assert {n: b.dtype for n, b in pair.finetuned.named_buffers()} == {n: b.dtype for n, b in hf.named_buffers()}
-    logp = tk.steer(pair, PROMPTS, batch_tokens=1)  # unpadded, like the HF calls below
+    logp = tk.steer(pair, PROMPTS, batch_tokens=1, chat=False)  # unpadded, like the HF calls below
     for i, p in enumerate(PROMPTS):
         ids = torch.tensor([tokenizer(p)["input_ids"]])
         torch.testing.assert_close(logp[i], torch.log_softmax(hf(input_ids=ids).logits[0, -1].float(), -1),

@@ -43,9 +43,9 @@ def _same(a, b):
 def test_every_mode_and_schedule_equals_resident(saved_pairs, tokenizer, family, offload, schedule):
     assert len(list((saved_pairs[family] / "ft").glob("*.safetensors"))) > 1  # the fine-tuned side is sharded
     opts = dict(layers=True, output_co=True, batch_tokens=24)
-    expected = tk.score(_resident(saved_pairs[family], tokenizer), PROMPTS, **opts)
+    expected = tk.score(_resident(saved_pairs[family], tokenizer), PROMPTS, **opts, chat=False)
     pair = _resident(saved_pairs[family], tokenizer, offload=offload)
-    got = tk.score(pair, PROMPTS, schedule=schedule, **opts)
+    got = tk.score(pair, PROMPTS, schedule=schedule, **opts, chat=False)
     pair.close()
     _same(got, expected)
     assert got.meta["schedule"] == schedule and got.meta["offload"] == offload
@@ -58,7 +58,7 @@ def test_weights_are_never_materialized_whole(saved_pairs, tokenizer):
     assert blocks and all(p.is_meta for p in blocks)  # the frames' blocks hold nothing
     assert not pair.finetuned.model.embed_tokens.weight.is_meta
     assert pair.pretrained.model.embed_tokens.weight.is_meta  # the pre-trained outer parts: only on demand
-    tk.score(pair, PROMPTS[:1], output_co=True)
+    tk.score(pair, PROMPTS[:1], output_co=True, chat=False)
     assert not pair.pretrained.model.embed_tokens.weight.is_meta
     assert "offload=disk" in repr(pair)
 
@@ -68,10 +68,10 @@ def test_many_sweeps_token_maps_alpha_and_no_prefetch(saved_pairs, tokenizer, of
     d = saved_pairs["gemma3_text"]
     L = 3
     opts = dict(alpha=[1.0, 1.5, 0.5][:L], token_map=True, layers=True, batch_tokens=16)
-    expected = tk.score(_resident(d, tokenizer), PROMPTS, **opts)
+    expected = tk.score(_resident(d, tokenizer), PROMPTS, **opts, chat=False)
     for prefetch in (True, False):
         pair = _resident(d, tokenizer, offload=offload, prefetch=prefetch)
-        got = tk.score(pair, PROMPTS, schedule="layer", sweep_tokens=20, **opts)
+        got = tk.score(pair, PROMPTS, schedule="layer", sweep_tokens=20, **opts, chat=False)
         assert got.meta["sweeps"] > 1
         _same(got, expected)
         for a, b in zip(got.token_tuco, expected.token_tuco):
@@ -82,32 +82,32 @@ def test_many_sweeps_token_maps_alpha_and_no_prefetch(saved_pairs, tokenizer, of
 def test_steering_and_generation_with_streamed_weights(saved_pairs, tokenizer):
     d = saved_pairs["qwen3"]
     resident, streamed = _resident(d, tokenizer), _resident(d, tokenizer, offload="disk")
-    assert torch.equal(tk.steer(streamed, PROMPTS, alpha=1.25), tk.steer(resident, PROMPTS, alpha=1.25))
+    assert torch.equal(tk.steer(streamed, PROMPTS, alpha=1.25, chat=False), tk.steer(resident, PROMPTS, alpha=1.25, chat=False))
     g = dict(max_new_tokens=4, alpha=0.5)
-    assert tk.generate(streamed, PROMPTS, **g) == tk.generate(resident, PROMPTS, **g)
+    assert tk.generate(streamed, PROMPTS, **g, chat=False) == tk.generate(resident, PROMPTS, **g, chat=False)
     with pytest.raises(TucoError, match="use_cache=True needs both models resident"):
-        tk.generate(streamed, PROMPTS, use_cache=True)
+        tk.generate(streamed, PROMPTS, use_cache=True, chat=False)
     with pytest.raises(TucoError, match="decoder blocks hold no weights"):
         with tk.attach(streamed.finetuned, streamed.pretrained):
             pass
     with pytest.raises(TucoError, match="max_gpu_memory is a budget for a CUDA device"):
-        tk.score(streamed, PROMPTS, max_gpu_memory="1GiB")
+        tk.score(streamed, PROMPTS, max_gpu_memory="1GiB", chat=False)
 
 
 def test_dtype_conversion_while_streaming(saved_pairs, tokenizer):
     """fp32 files streamed as bf16 equal the resident pair loaded as bf16."""
     d = saved_pairs["llama"]
-    expected = tk.score(_resident(d, tokenizer, dtype="bfloat16"), PROMPTS, layers=True)
+    expected = tk.score(_resident(d, tokenizer, dtype="bfloat16"), PROMPTS, layers=True, chat=False)
     for offload in MODES:
         pair = _resident(d, tokenizer, dtype="bfloat16", offload=offload)
         assert pair.dtype == torch.bfloat16
-        _same(tk.score(pair, PROMPTS, layers=True), expected)
+        _same(tk.score(pair, PROMPTS, layers=True, chat=False), expected)
 
 
 def test_in_memory_models_stream_from_cpu_only(tokenizer):
     pt, ft = make_pair_models("mistral", tokenizer)
-    expected = tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS)
-    _same(tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer, offload="cpu"), PROMPTS), expected)
+    expected = tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS, chat=False)
+    _same(tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer, offload="cpu"), PROMPTS, chat=False), expected)
     with pytest.raises(TucoError, match="offload='disk' streams from safetensors files, but the pre-trained model"):
         tk.load_pair(pt, ft, tokenizer=tokenizer, offload="disk")
     with pytest.raises(TucoError, match="unknown offload mode 'gpu'"):
@@ -132,11 +132,11 @@ def test_lora_adapter_streams_as_peft_merges(tmp_path, tokenizer, family, target
                 p.add_(0.01)  # replacements must differ from the base to be tested
     peft_model.save_pretrained(tmp_path / "adapter")
     resident = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer)
-    expected, expected_logp = tk.score(resident, PROMPTS, layers=True), tk.steer(resident, PROMPTS)
+    expected, expected_logp = tk.score(resident, PROMPTS, layers=True, chat=False), tk.steer(resident, PROMPTS, chat=False)
     for offload in MODES:
         pair = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer, offload=offload)
-        _same(tk.score(pair, PROMPTS, layers=True), expected)
-        assert torch.equal(tk.steer(pair, PROMPTS), expected_logp)  # the head replacement (modules_to_save) too
+        _same(tk.score(pair, PROMPTS, layers=True, chat=False), expected)
+        assert torch.equal(tk.steer(pair, PROMPTS, chat=False), expected_logp)  # the head replacement (modules_to_save) too
     assert expected.tuco.min() > 0.05
 
 
@@ -163,7 +163,7 @@ def test_a_file_truncated_after_loading_fails_with_its_name(tmp_path, tokenizer)
     with open(file, "r+b") as f:
         f.truncate(file.stat().st_size // 2)
     with pytest.raises(TucoError, match=r"ft/model.safetensors: unexpected end of file"):
-        tk.score(pair, PROMPTS)  # raised in the reader thread, re-raised here
+        tk.score(pair, PROMPTS, chat=False)  # raised in the reader thread, re-raised here
 
 
 def test_disk_mode_refuses_gguf_and_pickle(tmp_path, tokenizer):
@@ -175,7 +175,7 @@ def test_disk_mode_refuses_gguf_and_pickle(tmp_path, tokenizer):
                                         "pickle weights"):
         tk.load_pair(tmp_path / "pkl", tmp_path / "ft", tokenizer=tokenizer, offload="disk", allow_pickle=True)
     pair = tk.load_pair(tmp_path / "pkl", tmp_path / "ft", tokenizer=tokenizer, offload="cpu", allow_pickle=True)
-    _same(tk.score(pair, PROMPTS), tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS))
+    _same(tk.score(pair, PROMPTS, chat=False), tk.score(tk.load_pair(pt, ft, tokenizer=tokenizer), PROMPTS, chat=False))
 
 
 def test_spilled_sweep_equals_device_resident_sweep(saved_pairs, tokenizer):

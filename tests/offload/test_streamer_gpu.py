@@ -32,7 +32,7 @@ def deep_pair_dir(tmp_path_factory, tokenizer):
 @pytest.fixture(scope="module")
 def resident_scores(deep_pair_dir, tokenizer):
     resident = tk.load_pair(deep_pair_dir / "pt", deep_pair_dir / "ft", tokenizer=tokenizer, device="cuda")
-    return tk.score(resident, PROMPTS * 16, layers=True, batch_tokens=64)
+    return tk.score(resident, PROMPTS * 16, layers=True, batch_tokens=64, chat=False)
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_streamed_on_gpu_equals_resident(deep_pair_dir, tokenizer, resident_scor
     pair = tk.load_pair(deep_pair_dir / "pt", deep_pair_dir / "ft", tokenizer=tokenizer, device="cuda",
                         offload=offload, prefetch=prefetch)
     for schedule in ("prompt", "layer"):
-        got = tk.score(pair, prompts, layers=True, batch_tokens=64, schedule=schedule, profile=True)
+        got = tk.score(pair, prompts, layers=True, batch_tokens=64, schedule=schedule, profile=True, chat=False)
         assert got.tuco == pytest.approx(resident_scores.tuco, abs=1e-6)
         assert got.beta == pytest.approx(resident_scores.beta, abs=1e-5)
         prof = got.meta["profile"]
@@ -68,7 +68,7 @@ def test_slow_compute_never_reads_overwritten_weights(deep_pair_dir, tokenizer, 
                                                       offload):
     pair = tk.load_pair(deep_pair_dir / "pt", deep_pair_dir / "ft", tokenizer=tokenizer, device="cuda",
                         offload=offload)
-    got = tk.score(pair, PROMPTS * 16, layers=True, batch_tokens=64, schedule="layer")
+    got = tk.score(pair, PROMPTS * 16, layers=True, batch_tokens=64, schedule="layer", chat=False)
     assert got.tuco == pytest.approx(resident_scores.tuco, abs=1e-6)
     pair.close()
 
@@ -78,7 +78,7 @@ def test_negative_control_a_missing_wait_is_caught(deep_pair_dir, tokenizer, res
     pair = tk.load_pair(deep_pair_dir / "pt", deep_pair_dir / "ft", tokenizer=tokenizer, device="cuda",
                         offload="cpu")
     pair.streamer._order_copies = False
-    got = tk.score(pair, PROMPTS * 16, layers=True, batch_tokens=64, schedule="layer")
+    got = tk.score(pair, PROMPTS * 16, layers=True, batch_tokens=64, schedule="layer", chat=False)
     assert abs(got.tuco - resident_scores.tuco).max() > 1e-3, "the ordering test cannot see a missing wait"
     pair.close()
 
@@ -99,7 +99,7 @@ def test_an_abandoned_pass_does_not_corrupt_the_next(deep_pair_dir, tokenizer, r
     with pytest.raises(RuntimeError, match="stop"):
         decompose_sweep(pair, [(ids["input_ids"], ids["attention_mask"])], layer_alphas(1.0, pair.n_layers),
                         on_layer=stop)
-    got = tk.score(pair, PROMPTS * 16, layers=True, batch_tokens=64, schedule="layer")
+    got = tk.score(pair, PROMPTS * 16, layers=True, batch_tokens=64, schedule="layer", chat=False)
     assert got.tuco == pytest.approx(resident_scores.tuco, abs=1e-6)
     pair.close()
 
@@ -111,7 +111,7 @@ def test_budget_is_never_exceeded(deep_pair_dir, tokenizer):
     try:
         pair = tk.load_pair(deep_pair_dir / "pt", deep_pair_dir / "ft", tokenizer=tokenizer, device="cuda",
                             offload="disk")
-        result = tk.score(pair, PROMPTS * 64, max_gpu_memory=budget)
+        result = tk.score(pair, PROMPTS * 64, max_gpu_memory=budget, chat=False)
         assert result.meta["peak_gpu_memory"] <= budget
         pair.close()
     finally:
@@ -154,9 +154,9 @@ def test_lora_merged_on_the_copy_stream_matches_peft(tmp_path, tokenizer, slow_c
                                            init_lora_weights=False))
     peft_model.save_pretrained(tmp_path / "adapter")
     resident = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer, device="cuda")
-    expected = tk.score(resident, PROMPTS * 8, layers=True, batch_tokens=64)
+    expected = tk.score(resident, PROMPTS * 8, layers=True, batch_tokens=64, chat=False)
     pair = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer, device="cuda", offload="cpu")
-    got = tk.score(pair, PROMPTS * 8, layers=True, batch_tokens=64, schedule="layer")
+    got = tk.score(pair, PROMPTS * 8, layers=True, batch_tokens=64, schedule="layer", chat=False)
     # PEFT merged on the CPU at load time, the streamer on the GPU: the same operations, another matmul library
     assert got.tuco == pytest.approx(expected.tuco, abs=1e-5)
     assert expected.tuco.min() > 0.01

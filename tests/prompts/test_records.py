@@ -11,7 +11,7 @@ def test_prompt_kinds(tokenizer):
     chat = [{"role": "user", "content": "Can you help me?"}]
     recs = normalize_prompts(["plain text", chat, {"input_ids": [1, 5, 7], "id": "x"}, {"prompt": "p", "id": 9}])
     assert [r.id for r in recs] == ["0", "1", "x", "9"]   # one id type per input: strings when any id is one
-    ids = tokenize(recs, tokenizer)
+    ids = tokenize(recs, tokenizer, chat=False)
     assert ids[0] == tokenizer("plain text")["input_ids"] and ids[0][0] == tokenizer.bos_token_id
     rendered = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     assert ids[1] == tokenizer(rendered, add_special_tokens=False)["input_ids"]

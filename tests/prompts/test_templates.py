@@ -4,6 +4,7 @@ The stand-ins are config-built Llama models saved the way a Llama-2-7b / Llama-2
 (config.json, sharded safetensors, tokenizer files beside the chat model); only their size differs.
 """
 
+import copy
 import json
 
 import pytest
@@ -95,3 +96,54 @@ def test_unknown_template_fails_before_loading(tmp_path, capsys, llama2_download
     rc = tuco(["score", "--pretrained", str(root / "nope"), "--finetuned", str(root / "nope2"), "--template", "llama9",
                "--prompts", str(src), "--out", str(tmp_path / "o.jsonl")])
     assert rc == 2 and "unknown paper template 'llama9'" in capsys.readouterr().err
+
+
+def test_one_rendering_default_in_python_and_the_cli(tmp_path, tokenizer, capsys):
+    """Text prompts are chat user turns when the tokenizer has a chat template, in tk.score and tuco score alike,
+    and the CLI says so at the start of the run; chat=False / --raw-text give raw text."""
+    import json
+
+    import tuco_kernels as tk
+    from tests.fixtures.pairs import PROMPTS, make_pair_models
+    from tuco_kernels.cli import main as tuco
+    from tuco_kernels.prompts.tokenize import rendering
+
+    pt, ft = make_pair_models("llama", tokenizer)
+    for name, model in (("pt", pt), ("ft", ft)):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    pair = tk.load_pair(tmp_path / "pt", tmp_path / "ft")
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+    for flags, chat in (([], None), (["--raw-text"], False), (["--chat"], True)):
+        out = tmp_path / f"o{len(flags)}{chat}.jsonl"
+        assert tuco(["score", "--pretrained", str(tmp_path / "pt"), "--finetuned", str(tmp_path / "ft"), "--prompts",
+                     str(tmp_path / "p.txt"), "--out", str(out), "--no-progress", *flags]) == 0
+        cli_tuco = [json.loads(line)["tuco"] for line in out.read_text().splitlines()]
+        result = tk.score(pair, PROMPTS, chat=chat)
+        assert cli_tuco == pytest.approx(result.tuco.tolist(), abs=1e-12)
+        assert f"tuco: rendering: {rendering(pair.tokenizer, chat)}" in capsys.readouterr().err
+        assert result.run.rendering == rendering(pair.tokenizer, chat)
+    assert tk.score(pair, PROMPTS).tuco.tolist() == tk.score(pair, PROMPTS, chat=True).tuco.tolist()
+    assert rendering(pair.tokenizer, None).startswith("chat template of ")
+    no_template = copy.deepcopy(pair.tokenizer)
+    no_template.chat_template = None
+    assert rendering(no_template, None) == "raw text with the tokenizer's special tokens (the tokenizer has no chat template)"
+
+
+def test_a_template_of_another_family_warns(tokenizer, capsys, tmp_path):
+    import tuco_kernels as tk
+    from tests.fixtures.pairs import make_pair_models
+    from tuco_kernels.prompts.templates import TemplateMismatchWarning
+
+    pt, ft = make_pair_models("qwen2", tokenizer)
+    pair = tk.load_pair(pt, ft, tokenizer=copy.deepcopy(tokenizer))
+    with pytest.warns(TemplateMismatchWarning, match="'llama2' template is the paper's format for Llama 2 chat / "
+                                                     "Vicuna models; this pair is 'qwen2'"):
+        tk.use_paper_template(pair, "llama2")
+    with pytest.warns(TemplateMismatchWarning, match="this tokenizer has no '<start_of_turn>' token"):
+        tk.use_paper_template(copy.deepcopy(tokenizer), "gemma")
+    llama_pt, llama_ft = make_pair_models("llama", tokenizer)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tk.use_paper_template(tk.load_pair(llama_pt, llama_ft, tokenizer=copy.deepcopy(tokenizer)), "llama2")

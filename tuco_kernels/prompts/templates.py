@@ -16,6 +16,8 @@ standard one (paper.md §4.4 marks it inferred). Use with ``use_paper_template(t
 
 from __future__ import annotations
 
+import warnings
+
 from ..errors import TucoError
 
 LLAMA2_SYSTEM_PROMPT = (
@@ -63,13 +65,48 @@ def paper_template(name: str) -> str:
     return _SINGLE_TURN.replace("default_system", f"'{system}'") + _BODIES[key]
 
 
-def use_paper_template(tokenizer, name: str):
-    """Set ``tokenizer.chat_template`` to the paper's template ``name``; return the tokenizer.
+# the model families each template was written for, and special tokens the template needs as single tokens
+TEMPLATE_FAMILIES = {"llama2": ("Llama 2 chat / Vicuna", {"llama"}), "llama3": ("Llama 3 Instruct", {"llama"}),
+                     "gemma": ("Gemma / Zephyr-Gemma", {"gemma", "gemma2", "gemma3", "gemma3_text"}),
+                     "mistral": ("Mistral Instruct", {"mistral"})}
+_TEMPLATE_TOKENS = {"llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+                    "gemma": ("<start_of_turn>", "<end_of_turn>")}
 
-    The template text carries the BOS token itself, so prompts rendered through it are tokenized without
-    adding special tokens again (as every chat template in this package is).
+
+class TemplateMismatchWarning(UserWarning):
+    """A paper template put on a model of another family: its scores are not comparable with the paper's."""
+
+
+def template_mismatch(name: str, tokenizer, model_type: str | None = None) -> str | None:
+    """Why template ``name`` does not fit this model (its family, or special tokens its tokenizer lacks), or None."""
+    key = ALIASES.get(name, name)
+    label, families = TEMPLATE_FAMILIES[key]
+    if model_type is not None and model_type not in families:
+        return f"the {name!r} template is the paper's format for {label} models; this pair is {model_type!r}"
+    vocab = tokenizer.get_vocab() if tokenizer is not None else {}
+    missing = [t for t in _TEMPLATE_TOKENS.get(key, ()) if t not in vocab]
+    if missing:
+        return (f"the {name!r} template is the paper's format for {label} models; this tokenizer has no "
+                f"{missing[0]!r} token")
+    return None
+
+
+def use_paper_template(target, name: str):
+    """Set the tokenizer's ``chat_template`` to the paper's template ``name``; return the tokenizer.
+
+    ``target`` is a pair (``tk.load_pair(...)``) or a tokenizer. A template of another model family than the pair's
+    (or needing special tokens the tokenizer lacks) is still set, with a :class:`TemplateMismatchWarning`. The
+    template text carries the BOS token itself, so prompts rendered through it are tokenized without adding special
+    tokens again (as every chat template in this package is).
     """
+    tokenizer, model_type = getattr(target, "tokenizer", target), None
+    if hasattr(target, "family"):
+        model_type = target.family.model_type
     if tokenizer is None:
         raise TucoError(f"--template {name}: the pair has no tokenizer to put the template on")
-    tokenizer.chat_template = paper_template(name)
+    template = paper_template(name)
+    why = template_mismatch(name, tokenizer, model_type)
+    if why is not None:
+        warnings.warn(f"{why}; scores will not be comparable with the paper's", TemplateMismatchWarning, stacklevel=2)
+    tokenizer.chat_template = template
     return tokenizer

@@ -1,7 +1,12 @@
 """Prompts to token ids: chats rendered with the fine-tuned tokenizer's chat template and
-``add_generation_prompt=True``, so the last token is the template's (the paper's setting); with ``chat=True`` raw
-text becomes the user turn of such a chat; raw text gets the tokenizer's special tokens (e.g. BOS). Every error
-names the prompt."""
+``add_generation_prompt=True``, so the last token is the template's (the paper's setting); raw text gets the
+tokenizer's special tokens (e.g. BOS). Every error names the prompt.
+
+How text prompts are rendered is one rule everywhere (``tk.score``, ``tk.steer``, ``tk.generate``, the CLI):
+``chat=None`` (the default) renders them as the user turn of the fine-tuned tokenizer's chat template when it has
+one, and as raw text when it has none; ``chat=True`` insists on the template, ``chat=False`` on raw text.
+:func:`rendering` says which, in words; the CLI prints it at the start of every run.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +25,27 @@ def render_chat(tokenizer, messages: list, system_prompt: str | None, where: str
         raise PromptError(f"{where}: the chat template rejected this conversation: {exc}") from exc
 
 
-def tokenize(prompts: list[Prompt], tokenizer, *, chat: bool = False, system_prompt: str | None = None,
+def use_chat(tokenizer, chat: bool | None) -> bool:
+    """Whether text prompts become chat user turns: ``chat`` when given, else whether the tokenizer has a template."""
+    if chat is None:
+        return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    return bool(chat)
+
+
+def rendering(tokenizer, chat: bool | None, system_prompt: str | None = None) -> str:
+    """How text prompts are rendered, in words (printed by the CLI, kept in ``RunInfo.rendering``)."""
+    name = getattr(tokenizer, "name_or_path", None) or "the fine-tuned tokenizer"
+    if use_chat(tokenizer, chat):
+        system = f", system prompt {system_prompt!r}" if system_prompt else ""
+        return f"chat template of {name}, user turn{system}"
+    why = " (the tokenizer has no chat template)" if chat is None else ""
+    return f"raw text with the tokenizer's special tokens{why}"
+
+
+def tokenize(prompts: list[Prompt], tokenizer, *, chat: bool | None = None, system_prompt: str | None = None,
              vocab_size: int | None = None) -> list[list[int]]:
     """Token ids per prompt. Raw text gets the tokenizer's special tokens (e.g. BOS); chats the template's."""
+    chat = use_chat(tokenizer, chat)
     out = []
     for p in prompts:
         if p.input_ids is not None:
@@ -85,7 +108,7 @@ def fit_context(records: list[Prompt], token_lists: list[list[int]], limit: int 
     return out
 
 
-def prepare(pair, prompts, *, chat=False, system_prompt=None,
+def prepare(pair, prompts, *, chat: bool | None = None, system_prompt=None,
             truncate: str | None = None) -> tuple[list[Prompt], list[list[int]]]:
     """Normalised prompts and their token ids for ``pair``: its tokenizer, ids checked against its vocabulary,
     lengths against its positions (:func:`fit_context`)."""
