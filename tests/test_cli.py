@@ -44,10 +44,19 @@ def _write_prompts(tmp_path, kind):
 def _read(path):
     if path.suffix == ".jsonl":
         return [json.loads(line) for line in path.read_text().splitlines()]
-    if path.suffix == ".csv":
+    if path.suffix == ".csv":   # per-layer values are flat columns beta_0 … beta_{L-1}
         df = pd.read_csv(path)
-        return [{k: (json.loads(v) if isinstance(v, str) and v.startswith("[") else v) for k, v in r.items()}
-                for r in df.to_dict("records")]
+        rows = []
+        for r in df.to_dict("records"):
+            row = {k: v for k, v in r.items() if not any(k.startswith(f"{n}_") and k[len(n) + 1:].isdigit()
+                                                         for n in ("beta", "ptc_l1", "ftc_l1"))}
+            for name in ("beta", "ptc_l1", "ftc_l1"):
+                cols = sorted((c for c in r if c.startswith(f"{name}_") and c[len(name) + 1:].isdigit()),
+                              key=lambda c: int(c.rsplit("_", 1)[1]))
+                if cols:
+                    row[name] = [r[c] for c in cols]
+            rows.append(row)
+        return rows
     return pd.read_parquet(path).to_dict("records")
 
 
@@ -177,3 +186,30 @@ def test_score_with_offload_schedule_and_profile(tmp_path, tokenizer):
     a, b = ((tmp_path / f).read_text() for f in ("a.jsonl", "b.jsonl"))
     assert a == b
     assert main(base + ["--out", str(tmp_path / "c.jsonl"), "--max-gpu-memory", "lots"]) == 2
+
+
+@pytest.mark.parametrize("out_kind", ["csv", "jsonl", "parquet"])
+def test_outputs_carry_text_token_maps_and_run_metadata(tmp_path, models, out_kind):
+    out = tmp_path / f"o.{out_kind}"
+    prompts = _write_prompts(tmp_path, "jsonl")
+    assert main(["score", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"), "--prompts",
+                 str(prompts), "--out", str(out), "--no-progress", "--layers", "--token-map", "--raw-text"]) == 0
+    if out_kind == "csv":
+        frame = pd.read_csv(out)
+        assert [f"beta_{i}" for i in range(3)] == [c for c in frame.columns if c.startswith("beta_")]
+        assert frame["beta_2"].dtype.kind == "f" and "beta" not in frame.columns
+        tokens, token_tuco = json.loads(frame["tokens"][2]), json.loads(frame["token_tuco"][2])
+    else:
+        frame = pd.read_parquet(out) if out_kind == "parquet" else pd.read_json(out, lines=True)
+        assert len(frame["beta"][0]) == 3
+        tokens, token_tuco = list(frame["tokens"][2]), list(frame["token_tuco"][2])
+    assert frame["text"].tolist() == PROMPTS and frame["n_tokens"].tolist()[2] == len(tokens) == len(token_tuco)
+    assert "".join(tokens).endswith(PROMPTS[2])
+    meta = json.loads((tmp_path / f"o.{out_kind}.meta.json").read_text())
+    assert meta["models"]["finetuned"].endswith("ft") and meta["dtype"] == "float32" and meta["layers"] == 3
+    assert meta["options"]["layers"] is True and meta["rendering"].startswith("raw text")
+    assert {"python", "torch", "transformers"} <= set(meta["versions"]) and meta["date"][:4].isdigit()
+    if out_kind == "parquet":
+        import pyarrow.parquet as pq
+
+        assert json.loads(pq.read_metadata(out).metadata[b"tuco"]) == meta

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
 import traceback
@@ -27,6 +28,7 @@ from .prompts.output import OutputTarget
 from .prompts.records import read_prompt_file
 from .prompts.tokenize import TRUNCATE_SIDES, rendering
 from .prompts.templates import TemplateMismatchWarning, paper_template, use_paper_template
+from .result import run_metadata
 from .score import score
 
 
@@ -119,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=_alpha, default=1.0, help="FTC scale, or comma-separated per-layer values")
     s.add_argument("--layers", action="store_true", help="also write per-layer ptc_l1, ftc_l1 and beta")
     s.add_argument("--output-co", action="store_true", help="also write the OutputCo baseline")
+    s.add_argument("--token-map", action="store_true",
+                   help="also write TuCo at every token (token_tuco) beside the token strings (tokens)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     s.add_argument("--schedule", choices=("prompt", "layer"),
                    help="prompt: all layers per batch; layer: all batches per layer, weights fetched once per sweep "
@@ -209,7 +213,7 @@ def _estimated_bytes(n_prompts: int, per_row: int) -> int:
 
 def cmd_score(args) -> int:
     prompts = _check_before_loading(args, [args.alpha])
-    per_row = 160 + (3 * 24 * 64 if args.layers else 0)
+    per_row = 160 + (3 * 24 * 64 if args.layers else 0) + (4000 if args.token_map else 0)
     with OutputTarget(args.out, inputs=[args.prompts], force=args.force,
                       estimated_bytes=_estimated_bytes(len(prompts), per_row)) as target:
         pair = _load(args)
@@ -219,10 +223,17 @@ def cmd_score(args) -> int:
                            batch_tokens=args.batch_tokens, layers=args.layers, output_co=args.output_co,
                            progress=not args.no_progress, backend=args.backend, schedule=args.schedule,
                            max_gpu_memory=args.max_gpu_memory, sweep_tokens=args.sweep_tokens, profile=args.profile,
-                           truncate=args.truncate)
-        target.write(result.to_records())
+                           truncate=args.truncate, token_map=args.token_map)
+        target.write(result.to_records(), metadata=run_metadata(pair, options=_options(args), run=result.run,
+                                                                command=shlex.join(["tuco", *sys.argv[1:]])))
     _print_summary(args, pair, result)
     return EXIT_FLAGGED if result.flagged else EXIT_OK
+
+
+def _options(args) -> dict:
+    """The options of the run as given (for the results' metadata)."""
+    skip = {"command", "pretrained", "finetuned", "no_progress"}
+    return {k: v for k, v in vars(args).items() if k not in skip}
 
 
 def _print_summary(args, pair, result) -> None:
@@ -272,7 +283,8 @@ def cmd_steer(args) -> int:
                 for o in outs:
                     records.append({"id": o["id"], "alpha": alpha, "sample": o["sample"], "text": o["text"]})
         if target is not None:
-            target.write(records)
+            target.write(records, metadata=run_metadata(pair, options=_options(args),
+                                                        command=shlex.join(["tuco", *sys.argv[1:]])))
         else:
             for r in records:
                 print(f"[{r['id']}] α={r['alpha']}: {r['text']!r}")

@@ -3,11 +3,14 @@ went (:class:`RunInfo`: schedule, memory plan, peak device memory, where the tim
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from ._version import __version__
 from .offload.budget import SweepPlan
 from .offload.streamer import StreamProfile
 
@@ -54,6 +57,8 @@ class TuCoResult:
     status: N strings, "ok" or why the row's numbers are not usable (a NaN or inf in the stream, naming the first
         layer and block where it appeared; 0/0); such rows keep their place but are never averaged.
     truncated_from: N original lengths, 0 for prompts that were not cut (``truncate=...``), else None.
+    texts: N previews of the prompts (the text, a chat's turns, decoded ids), cut at 1000 characters.
+    tokens: N lists of token strings beside ``token_tuco`` (``token_map=True``).
     run: how the run went (:class:`RunInfo`).
     """
 
@@ -69,6 +74,8 @@ class TuCoResult:
     status: list | None = None
     truncated_from: list | None = None
     run: RunInfo | None = None
+    texts: list | None = None
+    tokens: list | None = None
 
     @property
     def ok(self) -> np.ndarray:
@@ -104,12 +111,15 @@ class TuCoResult:
         return len(self.ids)
 
     def to_records(self) -> list[dict]:
-        """One plain dict per prompt (JSON-serialisable): id, tuco, preco, n_tokens, status and what was asked for.
+        """One plain dict per prompt (JSON-serialisable): id, text, tuco, preco, n_tokens, status and what was asked for.
         A number that is not finite is None (JSON null), never NaN."""
         out = []
         ok = self.ok
         for i, pid in enumerate(self.ids):
-            rec = {"id": pid, "tuco": _number(self.tuco[i]) if ok[i] else None,
+            rec = {"id": pid}
+            if self.texts is not None:
+                rec["text"] = self.texts[i]
+            rec |= {"tuco": _number(self.tuco[i]) if ok[i] else None,
                    "preco": _number(self.preco[i]) if ok[i] else None, "n_tokens": int(self.n_tokens[i]),
                    "status": self.status[i] if self.status is not None else ("ok" if ok[i] else "non-finite")}
             if self.truncated_from is not None:
@@ -121,6 +131,8 @@ class TuCoResult:
                 rec["ftc_l1"] = [_number(v) for v in self.ftc_l1[i]]
                 rec["beta"] = [_number(v) for v in self.beta[i]]
             if self.token_tuco is not None:
+                if self.tokens is not None:
+                    rec["tokens"] = list(self.tokens[i])
                 rec["token_tuco"] = [_number(v) for v in self.token_tuco[i]]
             out.append(rec)
         return out
@@ -145,6 +157,30 @@ class TuCoResult:
         flagged = f", {s['flagged']} flagged" if s["flagged"] else ""
         return (f"TuCoResult(n={s['n']}{flagged}, tuco mean={s['tuco_mean']:.4f} sd={s['tuco_sd']:.4f} "
                 f"range=[{s['tuco_min']:.4f}, {s['tuco_max']:.4f}])")
+
+
+def run_metadata(pair, *, options: dict | None = None, command: str | None = None, run: RunInfo | None = None) -> dict:
+    """What a results file needs to be read later: the models (and, for hub ids, their revisions), dtype, device,
+    rendering, options, versions and date. Written beside the results (``<file>.meta.json``, Parquet metadata)."""
+    import platform
+
+    import torch
+    import transformers
+
+    def model_of(model):
+        return getattr(model.config, "_name_or_path", None) or getattr(model.config, "name_or_path", None)
+
+    sources = getattr(pair, "sources", None)
+    models = ({side: dataclasses.asdict(src) if dataclasses.is_dataclass(src) else src for side, src in sources.items()}
+              if sources else {"pretrained": model_of(pair.pretrained), "finetuned": model_of(pair.finetuned)})
+    return {"tuco_kernels": __version__, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": command, "models": models,
+            "tokenizer": getattr(pair.tokenizer, "name_or_path", None), "model_type": pair.family.model_type,
+            "layers": pair.n_layers, "dtype": str(pair.dtype).removeprefix("torch."), "device": str(pair.device),
+            "offload": pair.offload, "rendering": run.rendering if run is not None else None,
+            "options": options or {},
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__}}
 
 
 def _number(value) -> float | None:

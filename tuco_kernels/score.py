@@ -97,7 +97,7 @@ def score(pair, prompts, *, alpha=1.0, chat: bool | None = None, system_prompt: 
                   rendering=rendering(pair.tokenizer, chat, system_prompt),
                   peak_gpu_memory=torch.cuda.max_memory_allocated(pair.device) if budget is not None else None)
     return assemble(records, token_lists, alphas, parts, layers=layers, token_map=token_map, output_co=output_co,
-                    run=run)
+                    run=run, tokenizer=pair.tokenizer)
 
 
 @dataclass
@@ -196,8 +196,9 @@ def row_status(tuco: float, nonfinite_layer: int, nonfinite_side: int) -> str:
 
 
 def assemble(records, token_lists, alphas, parts: list[BatchScores], *, layers: bool, token_map: bool,
-             output_co: bool, run: RunInfo | None = None) -> TuCoResult:
-    """One :class:`TuCoResult` in input order from the batches' scores."""
+             output_co: bool, run: RunInfo | None = None, tokenizer=None) -> TuCoResult:
+    """One :class:`TuCoResult` in input order from the batches' scores (``tokenizer``: for the prompts' previews and
+    the token strings beside a token map)."""
     n = len(records)
     tuco = np.full(n, np.nan)
     status = ["not scored"] * n
@@ -218,9 +219,13 @@ def assemble(records, token_lists, alphas, parts: list[BatchScores], *, layers: 
             oco[rows] = part.output_co
     truncated = ([r.extra.get("truncated_from", 0) for r in records]
                  if any("truncated_from" in r.extra for r in records) else None)
+    tokens = None
+    if token_map and tokenizer is not None:
+        tokens = [[tokenizer.decode([t]) for t in ids] for ids in token_lists]
     result = TuCoResult(ids=[r.id for r in records], tuco=tuco, n_tokens=np.array([len(t) for t in token_lists]),
                         alpha=alphas, token_tuco=token_tuco, output_co=oco, status=status,
-                        truncated_from=truncated, run=run)
+                        truncated_from=truncated, run=run, texts=[r.preview(tokenizer) for r in records],
+                        tokens=tokens)
     if layers:
         result.ptc_l1, result.ftc_l1 = norms[..., 0], norms[..., 1]
         result.beta = contribution_ratio(norms[..., 3], norms[..., 2])

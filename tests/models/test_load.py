@@ -141,10 +141,13 @@ def test_incompatible_directories_fail_before_loading_weights(tmp_path, saved, t
 def test_result_exports(llama_pair):
     r = tk.score(llama_pair, PROMPTS, layers=True, output_co=True, token_map=True, chat=False)
     df = r.to_pandas()
-    assert list(df.columns[:4]) == ["id", "tuco", "preco", "n_tokens"] and len(df) == len(PROMPTS)
+    assert list(df.columns[:5]) == ["id", "text", "tuco", "preco", "n_tokens"] and len(df) == len(PROMPTS)
+    assert df["text"].tolist() == PROMPTS
     assert (df["tuco"] + df["preco"]).tolist() == pytest.approx([1.0] * len(PROMPTS))
     rec = r.to_records()[2]
-    assert set(rec) == {"id", "tuco", "preco", "n_tokens", "status", "output_co", "ptc_l1", "ftc_l1", "beta", "token_tuco"}
+    assert set(rec) == {"id", "text", "tuco", "preco", "n_tokens", "status", "output_co", "ptc_l1", "ftc_l1", "beta",
+                        "tokens", "token_tuco"}
+    assert len(rec["tokens"]) == len(rec["token_tuco"]) and "".join(rec["tokens"]).endswith(PROMPTS[2][-10:])
     assert rec["status"] == "ok"
     assert len(rec["token_tuco"]) == rec["n_tokens"] and len(rec["beta"]) == llama_pair.n_layers
     assert "TuCoResult(n=4" in repr(r)

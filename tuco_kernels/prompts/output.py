@@ -133,8 +133,22 @@ def _write_jsonl(records, f, metadata):
         f.write((line + "\n").encode("utf-8"))
 
 
+FLAT_IN_CSV = ("ptc_l1", "ftc_l1", "beta")   # one value per layer: flat numeric columns beta_0 … beta_{L-1} in CSV
+
+
+def _flatten(rec: dict) -> dict:
+    out = {}
+    for k, v in rec.items():
+        if k in FLAT_IN_CSV and isinstance(v, list):
+            out.update({f"{k}_{i}": x for i, x in enumerate(v)})
+        else:
+            out[k] = v
+    return out
+
+
 def _write_csv(records, f, metadata):
     text = io.StringIO()
+    records = [_flatten(rec) for rec in records]
     fields = list(dict.fromkeys(k for rec in records for k in rec)) if records else ["id"]
     writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
@@ -158,18 +172,34 @@ def _write_parquet(records, f, metadata):
     pq.write_table(table, f)
 
 
+def sidecar_path(path) -> Path:
+    """Where a results file's run metadata goes: ``<file>.meta.json`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".meta.json")
+
+
 def write_records(records: list[dict], path, *, metadata: dict | None = None) -> Path:
     """Write one record per row to ``path`` (format from its extension), atomically, with the umask's permissions
-    (an existing file keeps its own). ``metadata`` goes into a Parquet file's key-value metadata."""
+    (an existing file keeps its own). ``metadata`` (the run: models, revisions, dtype, versions, options, date) goes
+    into a Parquet file's key-value metadata (key ``tuco``) and, for every format, a ``<file>.meta.json`` sidecar.
+    In CSV, per-layer lists become flat numeric columns (``beta_0`` …); JSONL and Parquet keep lists."""
     path = Path(path)
+    if metadata is not None:
+        _write_atomically(sidecar_path(path), json.dumps(metadata, indent=1, default=str).encode("utf-8") + b"\n")
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise OutputError(f"{path}: unknown output type {path.suffix!r}; use .jsonl, .csv or .parquet")
     writer = {".jsonl": _write_jsonl, ".csv": _write_csv, ".parquet": _write_parquet}[path.suffix.lower()]
+    buffer = io.BytesIO()
+    writer(records, buffer, metadata)
+    return _write_atomically(path, buffer.getvalue())
+
+
+def _write_atomically(path: Path, data: bytes) -> Path:
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            writer(records, f, metadata)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
@@ -181,6 +211,12 @@ def write_records(records: list[dict], path, *, metadata: dict | None = None) ->
 
 
 def _umask() -> int:
+    try:   # Linux says it without changing it (os.umask would, briefly, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     current = os.umask(0)
     os.umask(current)
     return current

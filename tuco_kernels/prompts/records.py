@@ -20,6 +20,9 @@ from pathlib import Path
 from ..errors import PromptError
 
 
+PREVIEW_CHARS = 1000   # the prompt text kept in a results row
+
+
 @dataclass
 class Prompt:
     """One prompt: exactly one of ``text``, ``messages``, ``input_ids`` is set. ``where`` names it in errors."""
@@ -30,6 +33,19 @@ class Prompt:
     messages: list | None = None
     input_ids: list | None = None
     extra: dict = field(default_factory=dict)
+
+    def preview(self, tokenizer=None, limit: int = PREVIEW_CHARS) -> str:
+        """The prompt as a reader wants to see it in a results table: the text; a chat's turns as "role: content";
+        pre-tokenized ids decoded (when a tokenizer is at hand). Cut at ``limit`` characters, the cut marked."""
+        if self.text is not None:
+            text = self.text
+        elif self.messages is not None:
+            text = " | ".join(f"{m['role']}: {m['content']}" for m in self.messages)
+        elif tokenizer is not None:
+            text = tokenizer.decode(self.input_ids)
+        else:
+            text = f"<{len(self.input_ids)} token ids>"
+        return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 _MISSING_LIKE = {"", "nan", "na", "n/a", "null", "none", "<na>"}
