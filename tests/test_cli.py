@@ -119,7 +119,7 @@ def test_bad_input_exits_nonzero_and_keeps_old_output(tmp_path, models, capsys, 
     (["--out", "{tmp}/nodir/x.jsonl"], "does not exist"),
     (["--out", "{tmp}/o.jsonl", "--dtype", "int3"], "unknown dtype 'int3'"),
     (["--out", "{tmp}/o.jsonl", "--tokenizer", "{tmp}/NOTOK"], "NOTOK: not a directory or .gguf file"),
-    (["--out", "{tmp}/o.jsonl", "--backend", "nope"], "unknown kernel backend 'nope'"),
+    (["--out", "{tmp}/o.jsonl", "--backend", "nope"], "argument --backend: invalid choice: 'nope'"),
 ])
 def test_bad_options(tmp_path, models, capsys, extra, match):
     args = ["score", "--no-progress", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"),
@@ -138,15 +138,17 @@ def test_incompatible_pair_exits_2(tmp_path, models, tokenizer, capsys):
     assert not (tmp_path / "o.csv").exists()
 
 
-def test_steer_and_info_commands(tmp_path, models):
+def test_steer_and_info_commands(tmp_path, models, capsys):
     prompts = _write_prompts(tmp_path, "txt")
     out = tmp_path / "gen.jsonl"
     rc = main(["steer", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"), "--prompts",
                str(prompts), "--alpha", "0.75", "1.25", "--max-new-tokens", "4", "--out", str(out)])
     assert rc == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["alpha"] for r in rows] == [0.75] * len(PROMPTS) + [1.25] * len(PROMPTS)
-    assert all(isinstance(r["text"], str) for r in rows)
+    assert [r["alpha"] for r in rows] == [0.75, 1.25] * len(PROMPTS)       # grouped by prompt, α in a column
+    assert [r["prompt"] for r in rows[::2]] == PROMPTS and all(isinstance(r["text"], str) for r in rows)
+    printed = capsys.readouterr().out
+    assert printed.count("── [") == len(PROMPTS) and f"── [0] {PROMPTS[0]}" in printed and "   α=0.75  " in printed
     info = subprocess.run([sys.executable, "-m", "tuco_kernels.cli", "info"], capture_output=True, text=True)
     assert info.returncode == 0 and "backend torch   available" in info.stdout and "transformers" in info.stdout
     assert "compiled ops    tuco_kernels._C (built by setup.py)" in info.stdout or "JIT build" in info.stdout

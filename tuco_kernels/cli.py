@@ -10,6 +10,8 @@ prompt file, α against the config's layer count) is checked before any model lo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import shlex
 import sys
@@ -27,7 +29,7 @@ from .models.sources import parse_device, parse_dtype, read_config
 from .prompts.output import OutputTarget
 from .prompts.records import read_prompt_file
 from .prompts.tokenize import TRUNCATE_SIDES, rendering
-from .prompts.templates import TemplateMismatchWarning, paper_template, use_paper_template
+from .prompts.templates import PAPER_TEMPLATES, TemplateMismatchWarning, paper_template, use_paper_template
 from .result import run_metadata
 from .score import score
 
@@ -82,69 +84,143 @@ def _alpha(text: str):
     return values[0] if len(values) == 1 else values
 
 
-def _add_model_args(p: argparse.ArgumentParser):
-    p.add_argument("--pretrained", help="pre-trained model: directory or .gguf file "
-                                        "(with --finetuned; neither: the default gemma-3-270m pair)")
-    p.add_argument("--finetuned", help="fine-tuned model: directory, .gguf file or PEFT adapter")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: the fine-tuned side's)")
-    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoints')")
-    p.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
-    p.add_argument("--allow-pickle", action="store_true", help="permit pickle (*.bin) weights")
-    p.add_argument("--prompts", required=True, help="prompt file: .jsonl (prompt|messages, id), .csv (prompt), .txt")
-    p.add_argument("--chat", action="store_true", help="insist on rendering text prompts as user turns of the "
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every option's default shown, unless it has none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" not in text and action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+EXAMPLES = {
+    "score": """examples:
+  tuco score --prompts prompts.txt --out scores.csv                   # the default pair (gemma-3-270m + chat LoRA)
+  tuco score --pretrained meta-llama/Llama-2-7b-hf --finetuned meta-llama/Llama-2-7b-chat-hf \\
+             --template llama2 --prompts prompts.jsonl --out scores.parquet --dtype bfloat16 --layers
+  tuco score --pretrained BASE --finetuned CHAT --prompts p.jsonl --out s.parquet --offload disk --max-gpu-memory 8GiB
+
+exit status: 0 clean; 2 a mistake named on one line; 3 finished, but rows are flagged (see the status column);
+1 an internal error (a bug); 130 interrupted.""",
+    "steer": """examples:
+  tuco steer --prompts prompts.txt --alpha 0.75 1 1.25 --max-new-tokens 40          # the default pair
+  tuco steer --pretrained BASE --finetuned CHAT --prompts p.txt --alpha 1.25 --sample --samples 4 --out gen.jsonl""",
+    "info": """example:
+  tuco info""",
+}
+
+
+def _parser_for(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES.get(name),
+                          formatter_class=_HelpFormatter)
+
+
+def _add_input_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("input")
+    g.add_argument("--prompts", required=True, metavar="FILE",
+                   help="prompt file: .jsonl (prompt or messages, optional id), .csv (prompt, optional id), .txt (one "
+                        "prompt a line)")
+    g.add_argument("--chat", action="store_true", help="insist on rendering text prompts as user turns of the "
                                                        "fine-tuned tokenizer's chat template (the default when it has one)")
-    p.add_argument("--system-prompt", help="system message for chat prompts")
-    p.add_argument("--template", help="render prompts with one of the paper's templates (implies --chat): "
-                                      "llama2, vicuna, llama3, gemma, zephyr-gemma, mistral")
-    p.add_argument("--raw-text", action="store_true", help="score text prompts as raw text, not as chat user turns")
-    p.add_argument("--truncate", choices=TRUNCATE_SIDES,
+    g.add_argument("--raw-text", action="store_true", help="render text prompts as raw text, not as chat user turns")
+    g.add_argument("--template", choices=PAPER_TEMPLATES, help="render prompts with one of the paper's templates "
+                                                               "(App. E.2) for this model family")
+    g.add_argument("--system-prompt", metavar="TEXT", help="system message for chat prompts")
+    g.add_argument("--truncate", choices=TRUNCATE_SIDES,
                    help="cut prompts longer than the model's positions: left keeps the end (the last token), right "
                         "the beginning (default: refuse them, naming each)")
-    p.add_argument("--batch-tokens", type=_positive_int, default=4096,
-                   help="rows × padded length per batch (default 4096)")
-    p.add_argument("--backend", help="force a kernel backend (see `tuco info`)")
-    p.add_argument("--offload", choices=("none", "cpu", "disk"),
-                   help="where block weights live: none (on the device), cpu (pinned host memory, streamed per layer), "
-                        "disk (read per layer from the safetensors files); default: none, or what --max-gpu-memory needs")
-    p.add_argument("--max-gpu-memory", help="device memory budget, e.g. 8GiB: picks --offload and sizes batches")
-    p.add_argument("--no-prefetch", action="store_true", help="with offload: copy each layer only when it runs")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
+
+
+def _add_model_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("models")
+    g.add_argument("--pretrained", metavar="MODEL", help="pre-trained model: a directory, a .gguf file or a hub id "
+                                                         "(with --finetuned; neither: the default gemma-3-270m pair)")
+    g.add_argument("--finetuned", metavar="MODEL", help="fine-tuned model: a directory, .gguf file, hub id or PEFT "
+                                                        "adapter")
+    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory or hub id (default: the fine-tuned side's)")
+    g.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoints' own)")
+    g.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is a GPU, else cpu)")
+    g.add_argument("--allow-pickle", action="store_true", help="permit pickle (*.bin) weights (they can run code)")
+
+
+def _add_memory_args(p: argparse.ArgumentParser, scoring: bool):
+    g = p.add_argument_group("memory")
+    g.add_argument("--offload", choices=("none", "cpu", "disk"),
+                   help="where block weights live: none (on the device), cpu (page-locked host memory, streamed per "
+                        "layer), disk (read per layer from the safetensors files); default: none, or what "
+                        "--max-gpu-memory needs")
+    g.add_argument("--max-gpu-memory", metavar="SIZE", help="device memory budget, e.g. 8GiB: picks --offload and "
+                                                            "sizes the batches")
+    g.add_argument("--no-prefetch", action="store_true", help="with --offload: copy each layer only when it runs")
+    if scoring:
+        g.add_argument("--schedule", choices=("prompt", "layer"),
+                       help="prompt: all layers per batch; layer: all batches per layer, weights fetched once per sweep "
+                            "(default: layer with --offload, else prompt)")
+        g.add_argument("--sweep-tokens", type=_positive_int, metavar="N", help="cap on the tokens of one layer-major "
+                                                                               "sweep")
+        g.add_argument("--profile", action="store_true", help="print time in weight copies vs compute, GB/s, overlap")
+
+
+def _add_common(p: argparse.ArgumentParser):
+    p.add_argument("-v", "--verbose", action="store_true", help="also show the libraries' warnings and progress")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tuco", description="TuCo: how much of a model's answer comes from fine-tuning")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog="tuco", description="TuCo: how much of a model's answer comes from fine-tuning "
+                                              "(Nuti, Franzmeyer, Henriques, ICML 2025)",
+                     epilog="`tuco COMMAND --help` shows a command's options and examples.")
+    parser.add_argument("--version", action="version", version=f"tuco {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    s = sub.add_parser("score", help="TuCo per prompt")
+    s = _parser_for(sub, "score", "TuCo of every prompt of a file")
+    _add_input_args(s)
     _add_model_args(s)
-    s.add_argument("--out", required=True, help="output file: .jsonl, .csv or .parquet")
-    s.add_argument("--alpha", type=_alpha, default=1.0, help="FTC scale, or comma-separated per-layer values")
-    s.add_argument("--layers", action="store_true", help="also write per-layer ptc_l1, ftc_l1 and beta")
-    s.add_argument("--output-co", action="store_true", help="also write the OutputCo baseline")
-    s.add_argument("--token-map", action="store_true",
+    g = s.add_argument_group("scoring")
+    g.add_argument("--alpha", type=_alpha, default=1.0, metavar="A",
+                   help="FTC scale α, or comma-separated per-layer values (1: the fine-tuned model)")
+    g.add_argument("--layers", action="store_true", help="also write per-layer ptc_l1, ftc_l1 and cumulative beta")
+    g.add_argument("--token-map", action="store_true",
                    help="also write TuCo at every token (token_tuco) beside the token strings (tokens)")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    s.add_argument("--schedule", choices=("prompt", "layer"),
-                   help="prompt: all layers per batch; layer: all batches per layer, weights fetched once per sweep "
-                        "(default: layer with --offload, else prompt)")
-    s.add_argument("--sweep-tokens", type=_positive_int, help="cap on the tokens of one layer-major sweep")
-    s.add_argument("--profile", action="store_true", help="print time in weight copies vs compute, GB/s and overlap")
+    g.add_argument("--output-co", action="store_true", help="also write the OutputCo baseline")
+    g.add_argument("--batch-tokens", type=_positive_int, default=4096, metavar="N",
+                   help="rows × padded length per micro-batch")
+    g.add_argument("--backend", choices=ops.BACKENDS, help="force a kernel backend (see `tuco info`)")
+    _add_memory_args(s, scoring=True)
+    o = s.add_argument_group("output")
+    o.add_argument("--out", required=True, metavar="FILE", help="results: .jsonl, .csv or .parquet (+ FILE.meta.json)")
+    o.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_common(s)
 
-    g = sub.add_parser("steer", help="generate under FTC α-scaling")
-    _add_model_args(g)
-    g.add_argument("--alpha", type=_alpha, nargs="+", default=[1.0], help="one or more α values (or per-layer lists)")
-    g.add_argument("--max-new-tokens", type=_positive_int, default=32)
+    t = _parser_for(sub, "steer", "generate under FTC α-scaling")
+    _add_input_args(t)
+    _add_model_args(t)
+    g = t.add_argument_group("generation")
+    g.add_argument("--alpha", type=_alpha, nargs="+", default=[1.0], metavar="A",
+                   help="one or more α values (or comma-separated per-layer lists)")
+    g.add_argument("--max-new-tokens", type=_positive_int, default=32, metavar="N")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=_positive_float, default=1.0)
-    g.add_argument("--top-p", type=_probability, default=1.0)
+    g.add_argument("--top-p", type=_probability, default=1.0, metavar="P")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--samples", type=_positive_int, default=1,
+    g.add_argument("--samples", type=_positive_int, default=1, metavar="N",
                    help="completions per prompt and α (with --sample: independent draws)")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step")
-    g.add_argument("--out", help="write {id, alpha, text} records here (.jsonl/.csv/.parquet); default: print")
+    g.add_argument("--batch-tokens", type=_positive_int, default=4096, metavar="N",
+                   help="rows × padded length per micro-batch")
+    g.add_argument("--backend", choices=ops.BACKENDS, help="force a kernel backend (see `tuco info`)")
+    _add_memory_args(t, scoring=False)
+    o = t.add_argument_group("output")
+    o.add_argument("--out", metavar="FILE", help="also write {id, prompt, alpha, sample, text} rows to .jsonl, .csv "
+                                                 "or .parquet (completions are printed as they finish either way)")
+    o.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
+    _add_common(t)
 
-    sub.add_parser("info", help="versions, device and available kernel backends")
-    report.add_parser(sub)
+    i = _parser_for(sub, "info", "versions, device, compiled ops and kernel backends (and why one cannot run)")
+    _add_common(i)
+    r = report.add_parser(sub)
+    _add_common(r)
     return parser
 
 
@@ -260,6 +336,9 @@ def _print_summary(args, pair, result) -> None:
               f"{result.ids[first]!r}: {result.status[first]}{hint}", file=sys.stderr)
 
 
+STEER_CHUNK = 8   # prompts generated together before their completions are printed
+
+
 def cmd_steer(args) -> int:
     prompts = _check_before_loading(args, args.alpha)
     target = None
@@ -269,29 +348,50 @@ def cmd_steer(args) -> int:
                                                                200 + 8 * args.max_new_tokens)).claim()
     try:
         pair = _load(args)
-        records = []
         use_cache = not args.no_cache and pair.resident
         if not args.no_cache and not use_cache:
             print("tuco: streamed weights: generating without a KV cache (each step recomputes the sequence)",
                   file=sys.stderr)
+        records = []
         with pair:
-            for alpha in args.alpha:
-                outs = generate(pair, prompts, alpha, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                                temperature=args.temperature, top_p=args.top_p, seed=args.seed, use_cache=use_cache,
-                                num_samples=args.samples, chat=args.chat, system_prompt=args.system_prompt,
-                                batch_tokens=args.batch_tokens, backend=args.backend)
-                for o in outs:
-                    records.append({"id": o["id"], "alpha": alpha, "sample": o["sample"], "text": o["text"]})
+            for start in range(0, len(prompts), STEER_CHUNK):   # completions printed as each chunk finishes
+                chunk = prompts[start:start + STEER_CHUNK]
+                by_alpha = [generate(pair, chunk, alpha, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                                     temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                     use_cache=use_cache, num_samples=args.samples, chat=args.chat,
+                                     system_prompt=args.system_prompt, batch_tokens=args.batch_tokens,
+                                     backend=args.backend) for alpha in args.alpha]
+                for k, prompt in enumerate(chunk):
+                    rows = [{"id": prompt.id, "prompt": prompt.preview(pair.tokenizer), "alpha": alpha,
+                             "sample": o["sample"], "text": o["text"]}
+                            for alpha, outs in zip(args.alpha, by_alpha)
+                            for o in outs[k * args.samples:(k + 1) * args.samples]]
+                    _print_completions(rows)
+                    records += rows
         if target is not None:
             target.write(records, metadata=run_metadata(pair, options=_options(args),
                                                         command=shlex.join(["tuco", *sys.argv[1:]])))
-        else:
-            for r in records:
-                print(f"[{r['id']}] α={r['alpha']}: {r['text']!r}")
+            print(f"tuco: {len(records)} completions written to {args.out}", file=sys.stderr)
     finally:
         if target is not None:
             target.release()
     return EXIT_OK
+
+
+def _print_completions(rows: list[dict]) -> None:
+    """One prompt, then each completion under it with its α (and sample), as text."""
+    first = rows[0]
+    prompt = first["prompt"] if len(first["prompt"]) <= 300 else first["prompt"][:299] + "…"
+    print(f"── [{first['id']}] {prompt}")
+    for r in rows:
+        label = f"α={_alpha_label(r['alpha'])}" + (f" #{r['sample']}" if r["sample"] else "")
+        text = r["text"].strip().replace("\n", "\n" + " " * (len(label) + 4))
+        print(f"   {label}  {text}")
+    print(flush=True)
+
+
+def _alpha_label(alpha) -> str:
+    return ",".join(f"{a:g}" for a in alpha) if isinstance(alpha, list) else f"{alpha:g}"
 
 
 def cmd_info(_args) -> int:
@@ -320,14 +420,51 @@ def cmd_info(_args) -> int:
     return 0
 
 
+class _StderrLines(logging.Handler):
+    """tuco's own log lines (loading stages) as ``tuco: ...`` on whatever stderr is when they are written."""
+
+    def emit(self, record):
+        print(f"tuco: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _console(verbose: bool):
+    """For one command: without -v, no third-party warnings and no HF progress bars (tuco's stage lines and bar
+    say what happens); tuco's log lines on stderr. Everything is put back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    logger = logging.getLogger("tuco_kernels")
+    saved = (logger.level, logger.propagate, hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+    handler = _StderrLines()
+    with warnings.catch_warnings():
+        if not verbose:
+            warnings.simplefilter("ignore")
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        logger.propagate = False
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
+            hf_logging.set_verbosity(saved[2])
+            if saved[3]:
+                hf_logging.enable_progress_bar()
+
+
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exc:   # --help (0) or an option argparse refused (2, already printed as one line)
+    except SystemExit as exc:   # --help, --version (0) or an option argparse refused (2, already printed as one line)
         return exc.code
-    from transformers.utils import logging as hf_logging
+    with _console(getattr(args, "verbose", False)):
+        return _run(args)
 
-    hf_logging.disable_progress_bar()  # HF's per-file loading bars; ours reports the scoring
+
+def _run(args) -> int:
     try:
         return {"score": cmd_score, "steer": cmd_steer, "info": cmd_info, "report": report.run}[args.command](args)
     except TucoError as exc:

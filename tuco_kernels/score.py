@@ -82,15 +82,16 @@ def score(pair, prompts, *, alpha=1.0, chat: bool | None = None, system_prompt: 
     def after_layer(l):
         if budget is not None:
             check_peak(pair.device, budget, plan)
-        if bar is not None and schedule == "layer":
+        if bar is not None:
             bar.update(1)
 
-    parts = []
+    parts, done = [], 0
     for part in score_groups(pair, groups, alphas=alphas, layers=layers, token_map=token_map, output_co=output_co,
                              spill=plan.spill, backend=backend, profile=prof, on_layer=after_layer, labels=labels):
         parts.append(part)
-        if bar is not None and schedule == "prompt":
-            bar.update(len(part.indices))
+        done += len(part.indices)
+        if bar is not None:
+            bar.set_postfix_str(f"{done}/{len(records)} prompts", refresh=False)
     if bar is not None:
         bar.close()
     run = RunInfo(schedule=schedule, offload=pair.offload, plan=plan, sweeps=len(groups), profile=prof,
@@ -232,12 +233,13 @@ def assemble(records, token_lists, alphas, parts: list[BatchScores], *, layers: 
     return result
 
 
-def _progress(enabled: bool, n_prompts: int, n_layers: int, n_sweeps: int, schedule: str):
+def _progress(enabled: bool, n_prompts: int, n_layers: int, n_groups: int, schedule: str):
+    """A bar that moves every layer (a micro-batch or sweep through one layer), with the prompts done beside it."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    if schedule == "layer":
-        return tqdm(total=n_layers * n_sweeps, unit="layer", dynamic_ncols=True,
-                    desc=f"scoring ({n_sweeps} sweep{'s' if n_sweeps != 1 else ''} × {n_layers} layers)")
-    return tqdm(total=n_prompts, unit="prompt", desc="scoring", dynamic_ncols=True)
+    what = "sweep" if schedule == "layer" else "batch"
+    return tqdm(total=n_layers * n_groups, unit="layer", dynamic_ncols=True, postfix=f"0/{n_prompts} prompts",
+                desc=f"scoring ({n_groups} {what}{'es' if what == 'batch' and n_groups != 1 else ''}"
+                     f"{'s' if what == 'sweep' and n_groups != 1 else ''} × {n_layers} layers)")

@@ -95,7 +95,7 @@ def test_unknown_template_fails_before_loading(tmp_path, capsys, llama2_download
     src.write_text("hi\n")
     rc = tuco(["score", "--pretrained", str(root / "nope"), "--finetuned", str(root / "nope2"), "--template", "llama9",
                "--prompts", str(src), "--out", str(tmp_path / "o.jsonl")])
-    assert rc == 2 and "unknown paper template 'llama9'" in capsys.readouterr().err
+    assert rc == 2 and "argument --template: invalid choice: 'llama9'" in capsys.readouterr().err
 
 
 def test_one_rendering_default_in_python_and_the_cli(tmp_path, tokenizer, capsys):

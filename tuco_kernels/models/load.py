@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -78,6 +80,32 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
                          offload=offload, prefetch=prefetch)
 
 
+@contextmanager
+def stage(what: str, silent: bool = False):
+    """Log the start and the end (with its time) of a loading step (``tuco`` prints these as progress)."""
+    if silent:
+        yield
+        return
+    log.info("%s ...", what)
+    t0 = time.perf_counter()
+    yield
+    log.info("%s: done in %.1f s", what.split(" from ")[0].split(" into ")[0], time.perf_counter() - t0)
+
+
+@contextmanager
+def quiet_hf_progress():
+    """HF's per-file loading bars off while a pair loads (the stage lines say what happens), as they were after."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft, allow_pickle,
                   attn_implementation) -> ResidentPair:
     load = dict(dtype=dtype, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
@@ -85,16 +113,21 @@ def load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
             and not is_adapter_dir(finetuned):
         check_configs(read_config(pretrained, g_pt), read_config(finetuned, g_ft))  # before any weights load
 
-    pt = pretrained if isinstance(pretrained, torch.nn.Module) else load_model(pretrained, gguf_file=g_pt, **load)
-    if is_adapter_dir(finetuned):
-        adapter_dir = Path(os.fspath(finetuned))
-        base = (copy.deepcopy(pt) if isinstance(pretrained, torch.nn.Module)
-                else load_model(pretrained, gguf_file=g_pt, **load))
-        ft = apply_adapter(base, adapter_dir, allow_pickle)
-    elif isinstance(finetuned, torch.nn.Module):
-        ft = finetuned
-    else:
-        ft = load_model(finetuned, gguf_file=g_ft, **load)
+    with quiet_hf_progress():
+        with stage(f"loading the pre-trained model from {pretrained}", isinstance(pretrained, torch.nn.Module)):
+            pt = pretrained if isinstance(pretrained, torch.nn.Module) else load_model(pretrained, gguf_file=g_pt,
+                                                                                     **load)
+        if is_adapter_dir(finetuned):
+            with stage(f"merging the adapter {finetuned} into a copy of the pre-trained model"):
+                adapter_dir = Path(os.fspath(finetuned))
+                base = (copy.deepcopy(pt) if isinstance(pretrained, torch.nn.Module)
+                        else load_model(pretrained, gguf_file=g_pt, **load))
+                ft = apply_adapter(base, adapter_dir, allow_pickle)
+        elif isinstance(finetuned, torch.nn.Module):
+            ft = finetuned
+        else:
+            with stage(f"loading the fine-tuned model from {finetuned}"):
+                ft = load_model(finetuned, gguf_file=g_ft, **load)
 
     ft_tok, pt_tok = tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft)
     family = check_compatible(pt, ft, pt_tok, ft_tok)
@@ -138,8 +171,11 @@ def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
     else:
         ft_source, fc = _tensor_source(finetuned, g_ft, side="fine-tuned", **opts)
     ft_tok, pt_tok = tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft)
-    return streamed_pair(pt_source, pc, ft_source, fc, adapter=adapter, tokenizers=(ft_tok, pt_tok), dtype=dtype,
-                         device=device, offload=offload, prefetch=prefetch, attn_implementation=attn_implementation)
+    where = "page-locked host memory" if offload == "cpu" else "the safetensors files (read per layer)"
+    with quiet_hf_progress(), stage(f"preparing the streamed pair: block weights in {where}"):
+        return streamed_pair(pt_source, pc, ft_source, fc, adapter=adapter, tokenizers=(ft_tok, pt_tok), dtype=dtype,
+                             device=device, offload=offload, prefetch=prefetch,
+                             attn_implementation=attn_implementation)
 
 
 def _model_bytes(model, gguf, dtype) -> int:
