@@ -80,9 +80,11 @@ def run(argv=None) -> int:
     print("\n" + table)
     (args.out / "demo_table.md").write_text(table + "\n")
 
-    betas = {name: res.beta[(frame.set == name).to_numpy()] for name in sets}
-    tuco_histograms(by_set, args.out / "demo_tuco_hist.png", "TuCo per prompt set (gemma-3-270m + chat LoRA)")
-    beta_profiles(betas, args.out / "demo_beta_profile.png", "mean cumulative β_l at the last token")
+    names = {"web": "web text (Wikipedia excerpts)", "chat": "chat prompts", "harmful": "harmful requests (AdvBench)"}
+    tuco_histograms({names[k]: v for k, v in by_set.items()}, args.out / "demo_tuco_hist.png",
+                    "TuCo per prompt set, each prompt a chat user turn (gemma-3-270m + chat LoRA)")
+    betas = {names[name]: res.beta[(frame.set == name).to_numpy()] for name in sets}
+    beta_profiles(betas, args.out / "demo_beta_profile.png", "mean cumulative β_l at the last token, per prompt set")
     print(f"\nwritten: {args.out}/demo_scores.csv, demo_table.md, demo_tuco_hist.png, demo_beta_profile.png")
     return 0
 

@@ -85,8 +85,8 @@ def main(argv=None) -> int:
         lines.append(f"| {rate['vanilla']:.1f} | {rate['template']:.1f} | {len(y0)} / {len(y1)} | undefined (one class) | – |")
     lines += ["", f"TuCo y=1 {y1.mean():.4f} vs y=0 {y0.mean() if len(y0) else float('nan'):.4f}; benign prompts with "
                   f"≥ 2 refused samples: {refusal_benign:.0f}%", PAPER]
-    tuco_histograms({"chat": y1, "harmful": y0} if len(y0) else {"chat": y1}, out / "jailbreak_detection_hist.png",
-                    "TuCo: not jailbroken (y=1, orange) vs successful jailbreak (y=0, red)")
+    tuco_histograms({"not jailbroken (y = 1)": y1, "successful jailbreak (y = 0)": y0}, out / "jailbreak_detection_hist.png",
+                    "TuCo of the prompt: successful jailbreaks vs the rest (paper §5.4)")
     write_outputs(out, "jailbreak_detection", "\n".join(lines), frame,
                   provenance(t0, n=args.n, samples=args.samples, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature, top_p=args.top_p, seed=args.seed,

@@ -97,7 +97,8 @@ def main(argv=None) -> int:
              PAPER]
     line_plot(shots, {"TuCo": (means, [c[1] for c in curve])}, out / "many_shot.png", xlabel="shots",
               ylabel="TuCo (last token)", title=f"many-shot jailbreaking, {args.n} AdvBench requests", logx=True,
-              right={"harmful responses %": rates}, right_label="harmful responses [%]")
+              right={"harmful responses %": rates}, right_label="harmful responses [%]",
+              error_label="standard error of the mean")
 
     # jailbreak templates vs plain requests
     requests = prompt_sets.harmful_requests(args.n_templates, args.seed + 1)
@@ -120,8 +121,8 @@ def main(argv=None) -> int:
                   f"wrapped {res_w.tuco.mean():.4f} ± {res_w.tuco.std(ddof=1):.4f}; lower with the template for "
                   f"{100 * lower:.0f}% of requests; AUC plain > wrapped {auc(res_p.tuco, res_w.tuco):.3f}; "
                   f"harmful responses {100 * rate_p:.0f}% plain vs {100 * rate_w:.0f}% wrapped"]
-    tuco_histograms({"harmful": res_p.tuco, "raw": res_w.tuco}, out / "templates_hist.png",
-                    "AdvBench requests: plain (red) vs in a jailbreak template (purple)")
+    tuco_histograms({"AdvBench request alone": res_p.tuco, "the same request in a jailbreak template": res_w.tuco},
+                    out / "templates_hist.png", "AdvBench requests, alone and wrapped in a PyRIT jailbreak template")
     write_outputs(out, "many_shot", "\n".join(lines), frame,
                   provenance(t0, n=args.n, shots=args.shots, answer_tokens=args.answer_tokens,
                              max_question_chars=args.max_question_chars,

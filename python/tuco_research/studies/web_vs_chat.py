@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     lines += ["", PAPER]
     for variant, by in summary.items():
         if variant != "mixed":
-            tuco_histograms(by, out / f"web_vs_chat_hist_{variant}.png", f"web vs chat, {variant} scoring (n={args.n} each)")
+            tuco_histograms({"web text (Wikipedia excerpts)": by["web"], "chat prompts": by["chat"]},
+                            out / f"web_vs_chat_hist_{variant}.png", f"web text vs chat prompts, {variant} scoring")
     write_outputs(out, "web_vs_chat", "\n".join(lines), frame,
                   provenance(t0, n_per_set=args.n, seed=args.seed,
                              auc_template=round(auc(summary["template"]["chat"], summary["template"]["web"]), 4),
