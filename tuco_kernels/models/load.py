@@ -70,11 +70,14 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
     if offload not in OFFLOAD_MODES:
         raise TucoError(f"unknown offload mode {offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
     if offload == "none":
-        return load_resident(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
+        pair = load_resident(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
                              g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
-    return load_streamed(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
-                         g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation,
-                         offload=offload, prefetch=prefetch)
+    else:
+        pair = load_streamed(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
+                             g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation,
+                             offload=offload, prefetch=prefetch)
+    pair.sources = {"pretrained": pretrained, "finetuned": finetuned, "gguf": (g_pt, g_ft)}
+    return pair
 
 
 def load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft, allow_pickle,
