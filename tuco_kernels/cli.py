@@ -11,6 +11,7 @@ import sys
 
 from . import ops
 from ._version import __version__
+from .cli_dataset import add_dataset_args, check_file_out_args, cmd_score_dataset, is_dataset_out  # --out DIR/
 from .core.families import SUPPORTED
 from .errors import TucoError
 from .generate import generate
@@ -61,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="TuCo per prompt")
     _add_model_args(s)
-    s.add_argument("--out", required=True, help="output file: .jsonl, .csv or .parquet")
+    s.add_argument("--out", required=True, help="output file: .jsonl, .csv or .parquet; or a directory (OUT/): "
+                                                "sharded, resumable, several processes under torchrun")
     s.add_argument("--alpha", type=_alpha, default=1.0, help="FTC scale, or comma-separated per-layer values")
     s.add_argument("--layers", action="store_true", help="also write per-layer ptc_l1, ftc_l1 and beta")
     s.add_argument("--output-co", action="store_true", help="also write the OutputCo baseline")
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: layer with --offload, else prompt)")
     s.add_argument("--sweep-tokens", type=int, help="cap on the tokens of one layer-major sweep")
     s.add_argument("--profile", action="store_true", help="print time in weight copies vs compute, GB/s and overlap")
+    add_dataset_args(s)  # --shard-tokens, --also, --rank-timeout (cli_dataset.py)
 
     g = sub.add_parser("steer", help="generate under FTC α-scaling")
     _add_model_args(g)
@@ -114,6 +117,9 @@ def _load(args):
 
 
 def cmd_score(args) -> int:
+    if is_dataset_out(args.out):  # --out DIR/: sharded and resumable, torchrun-aware (cli_dataset.py)
+        return cmd_score_dataset(args, _load)
+    check_file_out_args(args)
     check_output_path(args.out)
     pair, prompts = _load(args)
     print(f"tuco: {pair}; {len(prompts)} prompts from {args.prompts}", file=sys.stderr)
