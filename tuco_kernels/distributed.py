@@ -163,7 +163,8 @@ class StoreCoordinator(Coordinator):
         super().__init__()
         self.env, self.timeout, self.rank, self.world_size = env, float(timeout), env.rank, env.world_size
         try:
-            store, rank, world = next(dist.rendezvous("env://", timeout=timedelta(seconds=max(timeout, 60.0))))
+            store, rank, world = next(dist.rendezvous(f"env://?rank={env.rank}&world_size={env.world_size}",
+                                                      timeout=timedelta(seconds=max(timeout, 60.0))))
         except (RuntimeError, ValueError) as exc:  # DistStoreError and friends
             raise TucoError(f"rank {env.rank}: torch.distributed rendezvous (env://, MASTER_ADDR="
                             f"{os.environ.get('MASTER_ADDR')}, MASTER_PORT={os.environ.get('MASTER_PORT')}) "
@@ -175,6 +176,7 @@ class StoreCoordinator(Coordinator):
         attempt = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         self.store = dist.PrefixStore(f"tuco/{attempt}/", store)
         self._lock = threading.Lock()
+        self._aborted = False
         self._seen: dict[int, tuple[int, float]] = {}
         self._stop = threading.Event()
         self.host = socket.gethostname()
@@ -185,19 +187,26 @@ class StoreCoordinator(Coordinator):
 
     # ----------------------------------------------------------------------------------- store access
 
+    def _call(self, fn, *args):
+        try:
+            with self._lock:
+                return fn(*args)
+        except RuntimeError as exc:  # DistNetworkError, DistStoreError: the store's host is gone
+            host = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+            raise RankLost(f"rank {self.rank} lost the rendezvous store at {host} ({exc}); the process hosting it "
+                           f"(torchrun's agent, or rank 0) stopped. Finished shards are kept: relaunch the same "
+                           f"command to resume") from None
+
     def add(self, key: str, n: int) -> int:
-        with self._lock:
-            return int(self.store.add(key, n))
+        return int(self._call(self.store.add, key, n))
 
     def set(self, key: str, value: str) -> None:
-        with self._lock:
-            self.store.set(key, value)
+        self._call(self.store.set, key, value)
 
     def get(self, key: str) -> str | None:
-        with self._lock:
-            if not self.store.check([key]):
-                return None
-            return self.store.get(key).decode()
+        def get():
+            return self.store.get(key).decode() if self.store.check([key]) else None
+        return self._call(get)
 
     # ---------------------------------------------------------------------------------------- liveness
 
@@ -233,6 +242,7 @@ class StoreCoordinator(Coordinator):
         try:
             with self._lock:
                 self.store.compare_set("abort", "", json.dumps({"rank": self.rank, "message": message, "code": code}))
+            self._aborted = True
         except Exception:
             pass  # the store itself is gone; nothing to tell
 
@@ -241,6 +251,7 @@ class StoreCoordinator(Coordinator):
         if raw:
             info = json.loads(raw)
             if info["rank"] != self.rank:
+                self.add("abort_seen", 1)
                 raise RunAborted(f"rank {info['rank']} failed: {info['message']}", info.get("code", 1))
 
     def wait(self, key: str, *, from_ranks: list[int], what: str) -> str:
@@ -267,6 +278,15 @@ class StoreCoordinator(Coordinator):
             time.sleep(POLL_S)
 
     def close(self) -> None:
+        """Stop beating. A rank 0 that hosts the store (no torchrun agent) and aborted first gives the others a
+        few seconds to read why, rather than leave them with a vanished store."""
+        if self._aborted and self.rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+            deadline = time.monotonic() + min(self.timeout, 10.0)
+            try:
+                while self.add("abort_seen", 0) < self.world_size - 1 and time.monotonic() < deadline:
+                    time.sleep(POLL_S)
+            except TucoError:
+                pass
         self._stop.set()
         self._thread.join(timeout=5)
 
