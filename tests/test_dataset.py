@@ -70,8 +70,9 @@ def test_shards_hold_whole_micro_batches_of_score(pair):
         assert s.padded == sum(len(g) * len(tokens[g[0]]) for g in s.batches)
 
 
-def test_same_numbers_as_score_and_resume_skips_finished_shards(pair, reference, tmp_path):
+def test_same_numbers_as_score_and_resume_skips_finished_shards(pair, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
+    monkeypatch.setattr(ds, "MERGE_CHUNK", 7)  # .csv / .jsonl written in pieces
     run = tk.score_dataset(pair, prompts_for(), out, shard_tokens=400, formats=["csv", "jsonl"], **OPTS)
     assert run.complete and run.scored == list(range(run.n_shards)) and run.n_shards > 3
     same_rows(pq.read_table(out / "scores.parquet"), reference)

@@ -17,6 +17,8 @@ from .dataset import DEFAULT_SHARD_TOKENS, EXTRA_FORMATS, ShardsFailed, check_pl
 from .distributed import DEFAULT_TIMEOUT_S, RankLost, RunAborted, connect, device_for_rank, dist_env
 from .errors import TucoError
 from .fingerprint import sources_identity
+from .models.load import choose_offload
+from .models.sources import parse_dtype
 
 
 def is_dataset_out(out: str) -> bool:
@@ -61,6 +63,20 @@ def _precheck(args) -> None:
     check_plan(args.out, fields)
 
 
+def _offload_for_ranks(args, env) -> None:
+    """Several ranks on a node: where a budget would stream from host memory (offload="cpu", a copy per rank),
+    stream from the files instead (offload="disk": the page cache holds one copy for all ranks)."""
+    if env.local_world_size <= 1 or args.pretrained is None or args.offload or not args.max_gpu_memory:
+        return
+    mode = choose_offload(args.pretrained, args.finetuned, args.max_gpu_memory, args.device, parse_dtype(args.dtype))
+    if mode == "cpu":
+        args.offload = "disk"
+        if env.rank == 0:
+            print(f"tuco: {env.local_world_size} ranks per node: --offload disk (one copy of the weights in the page "
+                  f"cache for all of them) rather than cpu (a copy in each); pass --offload cpu to insist",
+                  file=sys.stderr)
+
+
 def cmd_score_dataset(args, load) -> int:
     """``load(args) -> (pair, prompts)`` is the command line's own loader (cli.py)."""
     env = dist_env()
@@ -69,7 +85,12 @@ def cmd_score_dataset(args, load) -> int:
         if env.rank == 0:
             _precheck(args)
         args.device = device_for_rank(args.device, env)
+        _offload_for_ranks(args, env)
         pair, prompts = load(args)
+        if pair.offload == "cpu" and env.local_world_size > 1 and env.local_rank == 0:
+            print(f"tuco: warning: --offload cpu with {env.local_world_size} ranks per node: each rank holds its own "
+                  f"copy of the weights ({pair.streamer.host_bytes / 2**30:.1f} GiB); --offload disk shares the page "
+                  f"cache", file=sys.stderr)
         if env.rank == 0:
             print(f"tuco: {pair}; {len(prompts)} prompts from {args.prompts} -> {args.out} "
                   f"({env.world_size} process{'es' if env.distributed else ''})", file=sys.stderr)

@@ -60,6 +60,7 @@ PLAN_FORMAT = 1
 ROW = "_row"                        # the prompt's position in the input, kept in shards for the merge
 EXTRA_FORMATS = ("csv", "jsonl")
 TOKENIZE_CHUNK = 8192
+MERGE_CHUNK = 50_000
 
 
 class PlanMismatch(TucoError):
@@ -408,11 +409,24 @@ def merge_shards(layout: Layout, n_shards: int, n_rows: int, formats=()) -> Path
                         f"({len(np.unique(rows))} distinct); delete the directory to start over")
     table = table.drop_columns([ROW])
     atomic_write(layout.scores("parquet"), lambda f: pq.write_table(table, f))
-    if formats:
-        records = table.to_pylist()
-        for fmt in formats:
-            write_records(records, layout.scores(fmt))
+    for fmt in formats:
+        write_rows(table, layout.scores(fmt))
     return layout.scores("parquet")
+
+
+def write_rows(table: pa.Table, path: Path) -> Path:
+    """``table`` as ``tuco score`` writes a .csv / .jsonl file (:func:`~tuco_kernels.prompts.output.write_records`,
+    byte for byte), ``MERGE_CHUNK`` rows at a time so that a million rows never become a million dicts at once."""
+    def write(f):
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".merge-") as tmp:
+            for start in range(0, max(table.num_rows, 1), MERGE_CHUNK):
+                part = write_records(table.slice(start, MERGE_CHUNK).to_pylist(), Path(tmp) / f"part{path.suffix}")
+                data = part.read_bytes()
+                if start and path.suffix == ".csv":
+                    data = data.split(b"\n", 1)[1]  # one header
+                f.write(data)
+
+    return atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------------------------ progress
@@ -645,10 +659,13 @@ def _run(pair, coord: Coordinator, layout: Layout, plan: DatasetPlan, state: dic
             raise
         except Exception as exc:  # recorded; the other shards go on
             failed_here.append(shard.k)
-            _write_json(layout.error(shard.k), {
-                "k": shard.k, "rank": coord.rank, "host": socket.gethostname(), "started": started, "failed": _now(),
-                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
-                "shard": shard.summary()})
+            try:
+                _write_json(layout.error(shard.k), {
+                    "k": shard.k, "rank": coord.rank, "host": socket.gethostname(), "started": started,
+                    "failed": _now(), "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
+                    "shard": shard.summary()})
+            except OSError as write_error:  # a full disk fails the record too; the log line below remains
+                print(f"tuco: could not write {layout.error(shard.k)}: {write_error}", file=sys.stderr)
             print(f"tuco: shard {shard.k} failed on rank {coord.rank}: {type(exc).__name__}: {exc} "
                   f"(recorded in {layout.error(shard.k)}); going on with the others", file=sys.stderr)
     coord.set(f"finished/{coord.rank}", json.dumps({"scored": scored, "failed": failed_here}))
@@ -656,7 +673,9 @@ def _run(pair, coord: Coordinator, layout: Layout, plan: DatasetPlan, state: dic
                    what="the other ranks' last shards", tick=tick if coord.rank == 0 else None)
 
     if coord.rank == 0:
-        final = _finish(layout, plan, formats)
+        final = _finish(layout, plan, formats, {
+            "world_size": coord.world_size, "shards_scored": len(pending),
+            "tokens_scored": coord.add("scored_tokens", 0), "scoring_seconds": round(time.perf_counter() - t0, 3)})
         coord.set_json("final", final)
         bar.close()
         # with rank 0 hosting the store (no torchrun agent), stay until every rank has read the outcome
@@ -678,8 +697,9 @@ def _run(pair, coord: Coordinator, layout: Layout, plan: DatasetPlan, state: dic
     return run
 
 
-def _finish(layout: Layout, plan: DatasetPlan, formats) -> dict:
-    """Rank 0, every rank done: the failed shards, or the merge and _SUCCESS."""
+def _finish(layout: Layout, plan: DatasetPlan, formats, this_run: dict) -> dict:
+    """Rank 0, every rank done: the failed shards, or the merge and _SUCCESS (with ``this_run``: how the last
+    run went, from its first claim to its last shard)."""
     failed = [s.k for s in plan.shards if not layout.shard(s.k).is_file()]
     if failed:
         return {"failed": failed}
@@ -689,5 +709,5 @@ def _finish(layout: Layout, plan: DatasetPlan, formats) -> dict:
         merge_shards(layout, len(plan.shards), plan.n_prompts, formats)
         _write_json(layout.success, {"finished": _now(), "n_prompts": plan.n_prompts, "n_shards": len(plan.shards),
                                      "fingerprint_sha256": plan.fingerprint_sha, "formats": ["parquet", *formats],
-                                     "merge_seconds": round(time.perf_counter() - t0, 3)})
+                                     "merge_seconds": round(time.perf_counter() - t0, 3), "last_run": this_run})
     return {"failed": []}
