@@ -153,10 +153,12 @@ def launch(spec: dict, nproc: int, tmp: Path, tag: str) -> tuple[list[dict], dic
         raise SystemExit(f"{tag} failed:\n{done.stderr[-4000:]}")
     reports = [json.loads(Path(f"{spec['report']}.{r}").read_text()) for r in range(nproc)]
     success = json.loads((Path(spec["out"]) / "_SUCCESS").read_text())
-    for p in sorted((Path(spec["out"]) / "shards").glob("*.parquet")):  # each rank's share of the tokens
-        rank = json.loads(pq.read_schema(p).metadata[b"tuco_shard"])["rank"]
-        reports[rank]["tokens"] = reports[rank].get("tokens", 0) + int(pq.read_table(p, columns=["n_tokens"])
-                                                                       ["n_tokens"].to_numpy().sum())
+    padded = {s["k"]: s["padded_tokens"] for s in json.loads((Path(spec["out"]) / "plan.json").read_text())["shards"]}
+    for p in sorted((Path(spec["out"]) / "shards").glob("*.parquet")):  # each rank's share of the work
+        meta = json.loads(pq.read_schema(p).metadata[b"tuco_shard"])
+        r = reports[meta["rank"]]
+        r["tokens"] = r.get("tokens", 0) + int(pq.read_table(p, columns=["n_tokens"])["n_tokens"].to_numpy().sum())
+        r["padded"] = r.get("padded", 0) + padded[meta["k"]]
     return reports, success
 
 
@@ -182,7 +184,8 @@ def part_scaling(args, tmp: Path) -> list[dict]:
         last = success["last_run"]
         results[n] = dict(scoring_s=last["scoring_seconds"], end_to_end_s=max(r["end_to_end_s"] for r in reports),
                           shards=success["n_shards"], per_rank=[r["scored_shards"] for r in reports],
-                          tokens_per_cpu_s=sum(r.get("tokens", 0) for r in reports) / sum(r["cpu_s"] for r in reports))
+                          tokens_per_cpu_s=sum(r.get("tokens", 0) for r in reports) / sum(r["cpu_s"] for r in reports),
+                          balance=sum(r.get("padded", 0) for r in reports) / (n * max(r.get("padded", 0) for r in reports)))
         print(f"{n} process(es): {results[n]['shards']} shards of ≤{args.shard_tokens} tokens, scoring "
               f"{last['scoring_seconds']:.1f} s ({tokens / last['scoring_seconds']:,.0f} tokens/s, "
               f"{args.prompts / last['scoring_seconds']:.1f} prompts/s), end to end {results[n]['end_to_end_s']:.1f} s, "
@@ -196,7 +199,7 @@ def part_scaling(args, tmp: Path) -> list[dict]:
     eff_cpu = many["tokens_per_cpu_s"] / one["tokens_per_cpu_s"]
     print(f"end to end (with start-up, loading, tokenizing, merge): {100 * eff_e2e:.1f} %; tokens per CPU second, "
           f"{nproc} processes vs 1: {100 * eff_cpu:.1f} % (what the machinery costs, apart from cores shared with "
-          f"other work)")
+          f"other work); balance of the ranks' padded tokens (the tail's bound on efficiency): {100 * many['balance']:.1f} %")
     prov = provenance(device)
     rows = []
     for n, r in results.items():
@@ -208,6 +211,7 @@ def part_scaling(args, tmp: Path) -> list[dict]:
                          tokens_per_s=round(tokens / r["scoring_s"]), end_to_end_s=round(r["end_to_end_s"], 2),
                          efficiency=round(eff, 4) if n > 1 else "", efficiency_end_to_end=round(eff_e2e, 4) if n > 1 else "",
                          tokens_per_cpu_s=round(r["tokens_per_cpu_s"]), efficiency_cpu=round(eff_cpu, 4) if n > 1 else "",
+                         balance=round(r["balance"], 4),
                          load_average=os.getloadavg()[0]))
     print(f"rows appended to {append_rows('distributed_scaling', rows)}")
     return rows
@@ -288,7 +292,8 @@ def main():
     p.add_argument("--part", choices=("all", "scaling", "memory", "merge"), default="all")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--nproc", type=int, help="processes of the parallel run (default: 2, or the GPUs up to 2)")
-    p.add_argument("--prompts", type=int, default=3600, help="scaling: prompts (32-256 tokens each)")
+    p.add_argument("--prompts", type=int, default=3200, help="scaling: prompts (32-256 tokens each; the default "
+                                                           "makes 8 shards of 64k tokens)")
     p.add_argument("--hidden", type=int, default=128, help="scaling on CPU: hidden size")
     p.add_argument("--layers", type=int, default=4, help="scaling on CPU: layers")
     p.add_argument("--batch-tokens", type=int, default=4096)

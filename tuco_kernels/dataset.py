@@ -145,20 +145,28 @@ class Shard:
 
 
 def pack_shards(groups: list[list[int]], lengths: np.ndarray, shard_tokens: int) -> list[Shard]:
-    """Consecutive whole batches, ≤ ``shard_tokens`` padded tokens a shard (a bigger batch goes alone)."""
+    """Consecutive whole batches, ≤ ``shard_tokens`` padded tokens a shard (a bigger batch goes alone), as even
+    as whole batches allow: near-equal parts of the total rather than full shards and a small last one, so that
+    ranks finish together."""
     if shard_tokens < 1:
         raise TucoError(f"shard_tokens must be positive, got {shard_tokens}")
+    sizes = [len(g) * int(lengths[g[0]]) for g in groups]
+    # shards end within half a batch of their aim, and never above shard_tokens: aim that much below it
+    n = max(1, math.ceil(sum(sizes) / max(1.0, shard_tokens - max(sizes, default=0) / 2)))
+    left, target = sum(sizes), sum(sizes) / n     # each new shard aims at an equal part of what is left
     shards: list[Shard] = []
-    for g in groups:
-        padded = len(g) * int(lengths[g[0]])
+    for g, padded in zip(groups, sizes):
         real = int(lengths[g].sum())
-        if shards and shards[-1].padded + padded <= shard_tokens:
+        if shards and shards[-1].padded + padded <= shard_tokens and shards[-1].padded + padded / 2 <= target:
             s = shards[-1]
             s.batches.append(g)
             s.prompts += len(g)
             s.tokens += real
             s.padded += padded
         else:
+            if shards:
+                left -= shards[-1].padded
+                target = left / max(1, n - len(shards))
             shards.append(Shard(len(shards), [g], len(g), real, padded))
     return shards
 
@@ -254,7 +262,8 @@ def _now() -> str:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' if n != 1 else ''})"
 
 
 def _fsync_dir(directory: Path) -> None:
