@@ -185,12 +185,14 @@ def part_scaling(args, tmp: Path) -> list[dict]:
         results[n] = dict(scoring_s=last["scoring_seconds"], end_to_end_s=max(r["end_to_end_s"] for r in reports),
                           shards=success["n_shards"], per_rank=[r["scored_shards"] for r in reports],
                           tokens_per_cpu_s=sum(r.get("tokens", 0) for r in reports) / sum(r["cpu_s"] for r in reports),
+                          cores_used=sum(r["cpu_s"] for r in reports) / last["scoring_seconds"],
                           balance=sum(r.get("padded", 0) for r in reports) / (n * max(r.get("padded", 0) for r in reports)))
         print(f"{n} process(es): {results[n]['shards']} shards of ≤{args.shard_tokens} tokens, scoring "
               f"{last['scoring_seconds']:.1f} s ({tokens / last['scoring_seconds']:,.0f} tokens/s, "
               f"{args.prompts / last['scoring_seconds']:.1f} prompts/s), end to end {results[n]['end_to_end_s']:.1f} s, "
               f"shards per rank {results[n]['per_rank']}, {results[n]['tokens_per_cpu_s']:,.0f} tokens per CPU "
-              f"second (load average {os.getloadavg()[0]:.2f})", flush=True)
+              f"second, {results[n]['cores_used']:.2f} cores busy on average (load average "
+              f"{os.getloadavg()[0]:.2f})", flush=True)
     one, many = results[1], results[nproc]
     eff = one["scoring_s"] / (nproc * many["scoring_s"])
     eff_e2e = one["end_to_end_s"] / (nproc * many["end_to_end_s"])
@@ -211,7 +213,7 @@ def part_scaling(args, tmp: Path) -> list[dict]:
                          tokens_per_s=round(tokens / r["scoring_s"]), end_to_end_s=round(r["end_to_end_s"], 2),
                          efficiency=round(eff, 4) if n > 1 else "", efficiency_end_to_end=round(eff_e2e, 4) if n > 1 else "",
                          tokens_per_cpu_s=round(r["tokens_per_cpu_s"]), efficiency_cpu=round(eff_cpu, 4) if n > 1 else "",
-                         balance=round(r["balance"], 4),
+                         balance=round(r["balance"], 4), cores_used=round(r["cores_used"], 3),
                          load_average=os.getloadavg()[0]))
     print(f"rows appended to {append_rows('distributed_scaling', rows)}")
     return rows
