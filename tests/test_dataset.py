@@ -229,3 +229,20 @@ def test_command_line_directory_out(pair, tokenizer, tmp_path, capsys):
     assert "other layers" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "x.csv"), "--shard-tokens", "300"]) == 2
     assert "--shard-tokens and --also go with a directory --out" in capsys.readouterr().err
+
+
+def test_resume_with_streamed_weights_is_the_same_run(pair, tokenizer, reference, tmp_path):
+    """Where the weights live changes no number: a run started resident from the model folders resumes with the
+    layers streamed from disk (layer-major), and the rows are still tk.score's."""
+    for name, model in (("pt", pair.pretrained), ("ft", pair.finetuned)):
+        model.save_pretrained(tmp_path / name)
+    out = tmp_path / "out"
+    resident = tk.load_pair(tmp_path / "pt", tmp_path / "ft", tokenizer=tokenizer)
+    run = tk.score_dataset(resident, prompts_for(), out, shard_tokens=400, **OPTS)
+    layout = ds.Layout(out, run.n_shards)
+    for k in (0, run.n_shards - 1):
+        layout.shard(k).unlink()
+    with tk.load_pair(tmp_path / "pt", tmp_path / "ft", tokenizer=tokenizer, offload="disk") as streamed:
+        again = tk.score_dataset(streamed, prompts_for(), out, shard_tokens=400, **OPTS)
+    assert again.scored == [0, run.n_shards - 1]
+    same_rows(pq.read_table(out / "scores.parquet"), reference)
