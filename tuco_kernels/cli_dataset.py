@@ -110,6 +110,11 @@ def cmd_score_dataset(args, load) -> int:
     except TucoError as exc:
         coord.abort(str(exc), 2)
         raise
+    except KeyboardInterrupt:
+        coord.abort(f"rank {env.rank} was interrupted", 130)
+        print(f"tuco: interrupted; the finished shards in {args.out} are kept: rerun the same command to resume",
+              file=sys.stderr)
+        return 130
     except BaseException as exc:
         coord.abort(f"{type(exc).__name__}: {exc}")
         raise
