@@ -12,9 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from safetensors.torch import load_file, save_file
 
 import tuco_kernels as tk
 from tests.fixtures.pairs import CORPUS, make_pair_models
+from tests.fixtures.tiny import perturbed_copy
 from tuco_kernels import dataset as ds
 from tuco_kernels.cli import main
 from tuco_kernels.fingerprint import directory_identity
@@ -167,7 +169,6 @@ def test_a_changed_run_is_refused_naming_the_field(pair, tokenizer, tmp_path, ch
         prompts[3]["prompt"] += " changed"
     elif change == "model":
         pt, ft = make_pair_models("llama", tokenizer)
-        from tests.fixtures.tiny import perturbed_copy
         other = tk.load_pair(pt, perturbed_copy(pt, scale=0.1, seed=7), tokenizer=tokenizer)
     else:
         kwargs.update(change)
@@ -181,8 +182,6 @@ def test_model_identity_follows_the_bytes_not_the_path(pair, tmp_path):
     pair.pretrained.save_pretrained(tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     assert directory_identity(tmp_path / "a")["sha256"] == directory_identity(tmp_path / "b")["sha256"]
-    from safetensors.torch import load_file, save_file
-
     file = tmp_path / "b" / "model.safetensors"
     tensors = load_file(file)
     name = sorted(n for n in tensors if "layers.2.mlp" in n)[0]
