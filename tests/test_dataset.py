@@ -5,7 +5,6 @@ The many-process and killed-process tests are in test_distributed.py."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import numpy as np
