@@ -35,6 +35,7 @@ bench: venv
 	$(PY) bench/kernels.py
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/stream.py $$($(PY) -c "import torch; print('' if torch.cuda.is_available() else '--small --device cpu --no-csv')")
+	$(PY) bench/distributed.py
 
 # On a GPU machine, with its own Python as it is (no venv, no network): tests marked gpu, the kernel, engine and
 # streaming benchmarks; results in $$OUT or bench/results/gpu-check/<device>/. PHASE=tests|kernels|stream runs one

@@ -111,7 +111,7 @@ def bench_case(rows: int, d: int, dtype: torch.dtype, norms: bool, args, compile
                            speedup_vs_eager=round(eager_s / seconds, 2) if eager_s else "",
                            speedup_vs_compile=round(compiled_s / seconds, 2) if compiled_s else "",
                            bit_exact=exact.get(provider, "")))
-    del c
+    c = None   # free the case's tensors before the next one
     gc.collect()
     return result
 

@@ -24,8 +24,9 @@ LAYERS = [
     ("offload", ["tuco_kernels.offload"]),
     ("loading and prompts", ["tuco_kernels.models", "tuco_kernels.prompts"]),
     ("api", ["tuco_kernels.attach", "tuco_kernels.generate", "tuco_kernels.result", "tuco_kernels.score",
-             "tuco_kernels.steer", "tuco_kernels.report"]),
-    ("command line", ["tuco_kernels.cli", "tuco_kernels.__main__"]),
+             "tuco_kernels.steer", "tuco_kernels.report", "tuco_kernels.dataset", "tuco_kernels.distributed",
+             "tuco_kernels.fingerprint"]),
+    ("command line", ["tuco_kernels.cli", "tuco_kernels.cli_dataset", "tuco_kernels.__main__"]),
     ("package face", ["tuco_kernels"]),
 ]
 PEERS_APART = [("tuco_kernels.models", "tuco_kernels.prompts")]

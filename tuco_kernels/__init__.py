@@ -13,6 +13,7 @@ from ._version import __version__
 from .attach import attach
 from .core.families import SUPPORTED as SUPPORTED_FAMILIES
 from .core.pair import ModelPair, ResidentPair
+from .dataset import DatasetRun, PlanMismatch, ShardsFailed, score_dataset
 from .errors import IncompatiblePairError, TucoError, UnsupportedModelError
 from .generate import generate
 from .models import default_pair
@@ -23,6 +24,7 @@ from .result import RunInfo, TuCoResult
 from .score import score
 from .steer import steer
 
-__all__ = ["attach", "generate", "load_pair", "score", "steer", "ModelPair", "ResidentPair", "StreamedPair",
+__all__ = ["attach", "generate", "load_pair", "score", "score_dataset", "steer", "DatasetRun", "PlanMismatch",
+           "ShardsFailed", "ModelPair", "ResidentPair", "StreamedPair",
            "TuCoResult", "RunInfo", "TucoError", "IncompatiblePairError", "UnsupportedModelError",
            "SUPPORTED_FAMILIES", "PAPER_TEMPLATES", "use_paper_template", "default_pair", "__version__"]

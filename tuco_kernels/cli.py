@@ -21,6 +21,7 @@ import warnings
 
 from . import ops, report
 from ._version import __version__
+from .cli_dataset import add_dataset_args, check_file_out_args, cmd_score_dataset, is_dataset_out  # --out DIR/
 from .core.families import SUPPORTED
 from .errors import OptionError, TucoError
 from .generate import generate
@@ -188,9 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=ops.BACKENDS, help="force a kernel backend (see `tuco info`)")
     _add_memory_args(s, scoring=True)
     o = s.add_argument_group("output")
-    o.add_argument("--out", required=True, metavar="FILE", help="results: .jsonl, .csv or .parquet (+ FILE.meta.json)")
+    o.add_argument("--out", required=True, metavar="FILE|DIR/",
+                   help="results: a .jsonl, .csv or .parquet file (+ FILE.meta.json); or a directory (DIR/): sharded, "
+                        "resumable, several processes under torchrun")
     o.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_dataset_args(o)  # --shard-tokens, --also, --rank-timeout (cli_dataset.py)
     _add_common(s)
 
     t = _parser_for(sub, "steer", "generate under FTC α-scaling")
@@ -289,6 +293,9 @@ def _estimated_bytes(n_prompts: int, per_row: int) -> int:
 
 def cmd_score(args) -> int:
     prompts = _check_before_loading(args, [args.alpha])
+    if is_dataset_out(args.out):  # --out DIR/: sharded and resumable, torchrun-aware (cli_dataset.py)
+        return cmd_score_dataset(args, lambda a: (_load(a), prompts))
+    check_file_out_args(args)
     per_row = 160 + (3 * 24 * 64 if args.layers else 0) + (4000 if args.token_map else 0)
     with OutputTarget(args.out, inputs=[args.prompts], force=args.force,
                       estimated_bytes=_estimated_bytes(len(prompts), per_row)) as target:

@@ -29,6 +29,9 @@ class ModelPair:
     """A pre-trained / fine-tuned pair of one family, same dtype and device (see the module docstring)."""
 
     offload = "none"
+    #: what :func:`~tuco_kernels.load_pair` was given, ``{"pretrained", "finetuned", "gguf"}`` (paths or models),
+    #: so that a run can name the models it scored (a dataset's fingerprint); None for a pair built otherwise
+    sources: dict | None = None
 
     def __init__(self, pretrained: nn.Module, finetuned: nn.Module, tokenizer, family: Family):
         self.pretrained, self.finetuned, self.tokenizer, self.family = pretrained, finetuned, tokenizer, family

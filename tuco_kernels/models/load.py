@@ -73,11 +73,14 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
     if offload not in OFFLOAD_MODES:
         raise OptionError(f"unknown offload mode {offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
     if offload == "none":
-        return load_resident(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
+        pair = load_resident(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
                              g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
-    return load_streamed(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
-                         g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation,
-                         offload=offload, prefetch=prefetch)
+    else:
+        pair = load_streamed(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
+                             g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation,
+                             offload=offload, prefetch=prefetch)
+    pair.sources = {"pretrained": pretrained, "finetuned": finetuned, "gguf": (g_pt, g_ft)}
+    return pair
 
 
 @contextmanager
@@ -189,7 +192,7 @@ def _model_bytes(model, gguf, dtype) -> int:
         return (directory / g).stat().st_size * 4  # an estimate: GGUF is dequantized to fp32 on load
     try:
         ckpt = Checkpoint(directory)
-    except TucoError:
+    except ModelError:
         return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
     return sum(math.prod(e.shape) * (dtype or e.dtype).itemsize for e in ckpt.entries.values())
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from ..core.families import family_of
 from ..errors import ModelError, OptionError
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")

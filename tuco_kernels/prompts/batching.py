@@ -1,7 +1,13 @@
-"""Token-budget batching: length-sorted, left-padded, last real token found from the attention mask."""
+"""Token-budget batching: length-sorted, left-padded, last real token found from the attention mask.
+
+:func:`batch_groups` decides which prompts share a micro-batch from their lengths alone, and :func:`pad_batch`
+builds one batch's tensors; :func:`make_batches` is both. Drivers that must not hold every padded batch at once
+(sharded datasets) group first and pad a shard's batches when it runs, and get the same micro-batches.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,28 +22,36 @@ class Batch:
     attention_mask: torch.Tensor  # [B, T] int64, 0 on padding
 
 
-def make_batches(token_lists: list[list[int]], batch_tokens: int, pad_id: int = 0) -> list[Batch]:
-    """Group prompts, longest first, so that rows × padded length ≤ batch_tokens (a longer prompt goes alone)."""
+def batch_groups(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Prompt indices per micro-batch, longest first (ties in input order), rows × padded length ≤ batch_tokens
+    (a longer prompt goes alone)."""
     if batch_tokens < 1:
         raise OptionError(f"batch_tokens must be a positive number of tokens, got {batch_tokens}")
-    order = sorted(range(len(token_lists)), key=lambda i: (-len(token_lists[i]), i))
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     groups: list[list[int]] = []
     for i in order:
-        if groups and (len(groups[-1]) + 1) * len(token_lists[groups[-1][0]]) <= batch_tokens:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= batch_tokens:
             groups[-1].append(i)
         else:
             groups.append([i])
-    batches = []
-    for group in groups:
-        T = len(token_lists[group[0]])
-        ids = torch.full((len(group), T), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(group), T), dtype=torch.long)
-        for row, i in enumerate(group):
-            n = len(token_lists[i])
-            ids[row, T - n:] = torch.tensor(token_lists[i], dtype=torch.long)
-            mask[row, T - n:] = 1
-        batches.append(Batch(group, ids, mask))
-    return batches
+    return groups
+
+
+def pad_batch(token_lists, group: list[int], pad_id: int = 0) -> Batch:
+    """The left-padded batch of the prompts ``group`` (indices into ``token_lists``; the first is the longest)."""
+    T = len(token_lists[group[0]])
+    ids = torch.full((len(group), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(group), T), dtype=torch.long)
+    for row, i in enumerate(group):
+        n = len(token_lists[i])
+        ids[row, T - n:] = torch.as_tensor(token_lists[i], dtype=torch.long)
+        mask[row, T - n:] = 1
+    return Batch(list(group), ids, mask)
+
+
+def make_batches(token_lists: list[list[int]], batch_tokens: int, pad_id: int = 0) -> list[Batch]:
+    """Group prompts, longest first, so that rows × padded length ≤ batch_tokens (a longer prompt goes alone)."""
+    return [pad_batch(token_lists, g, pad_id) for g in batch_groups([len(t) for t in token_lists], batch_tokens)]
 
 
 def split_batch(batch: Batch) -> list[Batch]:

@@ -1,0 +1,137 @@
+"""``tuco score --out DIR/``: a sharded, resumable run (:func:`tuco_kernels.dataset.score_dataset`), on one
+process or on every rank of a torchrun job.
+
+``--out`` names a directory when it ends with ``/`` or is an existing directory. Exit status: 0 when every shard
+is done and merged; 3 when merged but rows are flagged (non-finite numbers: the status column); 1 when shards
+failed (the others are written) or a rank was lost; 2 for what the user can fix (bad input, a rerun whose
+fingerprint differs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .dataset import DEFAULT_SHARD_TOKENS, EXTRA_FORMATS, ShardsFailed, check_plan, score_dataset
+from .distributed import DEFAULT_TIMEOUT_S, RankLost, RunAborted, connect, device_for_rank, dist_env
+from .errors import TucoError
+from .fingerprint import sources_identity
+from .models.load import choose_offload
+from .models.sources import parse_dtype
+
+
+def is_dataset_out(out: str) -> bool:
+    """``--out DIR/`` or an existing directory: the sharded mode."""
+    return str(out).endswith(("/", os.sep)) or Path(out).is_dir()
+
+
+def _formats(text: str) -> list[str]:
+    values = [v.strip().lower().lstrip(".") for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in EXTRA_FORMATS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown format {bad[0]!r}; choose from {', '.join(EXTRA_FORMATS)}")
+    return values
+
+
+def add_dataset_args(p: argparse.ArgumentParser) -> None:
+    """The options of ``tuco score --out DIR/``."""
+    p.add_argument("--shard-tokens", type=int, default=None,
+                   help=f"with --out DIR/: padded tokens per shard file (default {DEFAULT_SHARD_TOKENS})")
+    p.add_argument("--also", type=_formats, default=[], metavar="csv,jsonl",
+                   help="with --out DIR/: merge into scores.csv / scores.jsonl too (scores.parquet always)")
+    p.add_argument("--rank-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help=f"with several processes: seconds without a heartbeat before a rank counts as dead and the "
+                        f"job fails (default {DEFAULT_TIMEOUT_S:.0f})")
+
+
+def check_file_out_args(args) -> None:
+    """Dataset-only options given with a file --out."""
+    if getattr(args, "shard_tokens", None) is not None or getattr(args, "also", None):
+        raise TucoError("--shard-tokens and --also go with a directory --out (ending with /)")
+
+
+def _precheck(args) -> None:
+    """Before any weights load: a rerun with other model files or options fails at once, not after loading."""
+    if args.pretrained is None or not Path(args.out, "plan.json").is_file():
+        return
+    ids = sources_identity(args.pretrained, args.finetuned)
+    fields = {"pretrained": ids["pretrained"]["sha256"], "finetuned": ids["finetuned"]["sha256"],
+              "layers": bool(args.layers), "output_co": bool(args.output_co), "token_map": bool(args.token_map)}
+    if args.shard_tokens is not None:
+        fields["shard_tokens"] = args.shard_tokens
+    check_plan(args.out, fields)
+
+
+def _offload_for_ranks(args, env) -> None:
+    """Several ranks on a node: where a budget would stream from host memory (offload="cpu", a copy per rank),
+    stream from the files instead (offload="disk": the page cache holds one copy for all ranks)."""
+    if env.local_world_size <= 1 or args.pretrained is None or args.offload or not args.max_gpu_memory:
+        return
+    mode = choose_offload(args.pretrained, args.finetuned, args.max_gpu_memory, args.device, parse_dtype(args.dtype))
+    if mode == "cpu":
+        args.offload = "disk"
+        if env.rank == 0:
+            print(f"tuco: {env.local_world_size} ranks per node: --offload disk (one copy of the weights in the page "
+                  f"cache for all of them) rather than cpu (a copy in each); pass --offload cpu to insist",
+                  file=sys.stderr)
+
+
+def cmd_score_dataset(args, load) -> int:
+    """``load(args) -> (pair, prompts)`` is the command line's own loader (cli.py)."""
+    env = dist_env()
+    coord = connect(env, timeout=args.rank_timeout)
+    try:
+        if env.rank == 0:
+            _precheck(args)
+        args.device = device_for_rank(args.device, env)
+        _offload_for_ranks(args, env)
+        pair, prompts = load(args)
+        if pair.offload == "cpu" and env.local_world_size > 1 and env.local_rank == 0:
+            print(f"tuco: warning: --offload cpu with {env.local_world_size} ranks per node: each rank holds its own "
+                  f"copy of the weights ({pair.streamer.host_bytes / 2**30:.1f} GiB); --offload disk shares the page "
+                  f"cache", file=sys.stderr)
+        if env.rank == 0:
+            print(f"tuco: {pair}; {len(prompts)} prompts from {args.prompts} -> {args.out} "
+                  f"({env.world_size} process{'es' if env.distributed else ''})", file=sys.stderr)
+        run = score_dataset(pair, prompts, args.out, alpha=args.alpha, chat=args.chat,
+                            system_prompt=args.system_prompt, batch_tokens=args.batch_tokens, layers=args.layers,
+                            output_co=args.output_co, backend=args.backend, schedule=args.schedule,
+                            max_gpu_memory=args.max_gpu_memory, sweep_tokens=args.sweep_tokens,
+                            shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, formats=args.also,
+                            progress=not args.no_progress, coordinator=coord, truncate=args.truncate,
+                            token_map=args.token_map)
+        pair.close()
+    except (ShardsFailed, RankLost) as exc:
+        print(f"tuco: error: {exc}", file=sys.stderr)
+        return 1
+    except RunAborted as exc:
+        print(f"tuco: error: {exc}", file=sys.stderr)
+        return exc.code
+    except TucoError as exc:
+        coord.abort(str(exc), 2)
+        raise
+    except KeyboardInterrupt:
+        coord.abort(f"rank {env.rank} was interrupted", 130)
+        print(f"tuco: interrupted; the finished shards in {args.out} are kept: rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except BaseException as exc:
+        coord.abort(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        coord.close()
+    if env.rank == 0:
+        rows = [("prompts", f"{run.n_prompts:,} in {run.n_shards} shards ({run.resumed} finished by earlier runs)"),
+                ("this run", f"{len(run.scored)} shards here, {run.seconds:.1f} s, {run.tokens_per_s:,.0f} tokens/s "
+                             f"over {run.world_size} process{'es' if run.world_size > 1 else ''}"),
+                ("written to", str(run.path))]
+        width = max(len(k) for k, _ in rows)
+        print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows), file=sys.stderr)
+        flagged = run.flagged()
+        if flagged:
+            print(f"tuco: warning: {flagged} of {run.n_prompts} prompts have no usable TuCo (status column)",
+                  file=sys.stderr)
+            return 3
+    return 0
