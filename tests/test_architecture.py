@@ -26,7 +26,7 @@ LAYERS = [
     ("api", ["tuco_kernels.attach", "tuco_kernels.generate", "tuco_kernels.result", "tuco_kernels.score",
              "tuco_kernels.steer", "tuco_kernels.report", "tuco_kernels.dataset", "tuco_kernels.distributed",
              "tuco_kernels.fingerprint"]),
-    ("command line", ["tuco_kernels.cli", "tuco_kernels.cli_dataset", "tuco_kernels.__main__"]),
+    ("command line", ["tuco_kernels.cli", "tuco_kernels.__main__"]),
     ("package face", ["tuco_kernels"]),
 ]
 PEERS_APART = [("tuco_kernels.models", "tuco_kernels.prompts")]

@@ -12,6 +12,7 @@ import torch
 import tuco_kernels as tk
 from tests.fixtures.pairs import PROMPTS, make_pair_models
 from tuco_kernels import cli
+from tuco_kernels.cli import prepare, scoring
 from tuco_kernels.errors import DeviceMemoryError, ModelError, OptionError, TucoError
 
 
@@ -223,7 +224,7 @@ def test_checks_that_cost_nothing_run_before_the_models_load(saved, tmp_path, ca
     def must_not_load(*args, **kwargs):
         raise AssertionError("load_pair was called before the cheap checks")
 
-    monkeypatch.setattr(cli, "load_pair", must_not_load)
+    monkeypatch.setattr(prepare, "load_pair", must_not_load)
     base = ["score", "--pretrained", saved / "pt", "--finetuned", saved / "ft", "--prompts", saved / "prompts.txt",
             "--no-progress"]
     (tmp_path / "exists.csv").write_text("old")
@@ -269,7 +270,7 @@ def test_an_internal_error_is_one_line_and_a_saved_traceback(saved, tmp_path, ca
     def bug(*args, **kwargs):
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr(cli, "score", bug)
+    monkeypatch.setattr(scoring, "score", bug)
     rc = run("score", "--pretrained", saved / "pt", "--finetuned", saved / "ft", "--prompts", saved / "prompts.txt",
              "--out", tmp_path / "o.csv", "--no-progress")
     err = capsys.readouterr().err

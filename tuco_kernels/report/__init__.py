@@ -9,13 +9,13 @@ read.py     score files → one table of groups, flagged rows marked
 stats.py    AUC and its bootstrap interval, summaries, β profiles, extremes
 figures.py  histograms, densities, profiles as SVG
 page.py     the HTML page, written atomically
-command.py  the ``tuco report`` options and run
+
+The command line's ``tuco report`` is :mod:`tuco_kernels.cli.reporting`.
 """
 
-from .command import add_parser, run
 from .page import auc_pairs, render_html, write_report
 from .read import ScoreTable, load_scores
 from .stats import auc, beta_profile, bootstrap_auc, bootstrap_aucs, compare, extremes, summarise
 
-__all__ = ["add_parser", "run", "auc_pairs", "render_html", "write_report", "ScoreTable", "load_scores", "auc",
+__all__ = ["auc_pairs", "render_html", "write_report", "ScoreTable", "load_scores", "auc",
            "beta_profile", "bootstrap_auc", "bootstrap_aucs", "compare", "extremes", "summarise"]

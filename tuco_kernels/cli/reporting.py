@@ -1,4 +1,4 @@
-"""``tuco report``: the command's options and what it runs."""
+"""``tuco report``: one self-contained HTML page from score files (:mod:`tuco_kernels.report`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import argparse
 import shlex
 import sys
 
-
 from ..errors import TucoError
-from .page import write_report
-from .read import load_scores
+from ..report import load_scores, write_report
 
 
 EXAMPLE = """examples:
@@ -19,7 +17,7 @@ EXAMPLE = """examples:
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_report_parser(subparsers) -> argparse.ArgumentParser:
     """Define ``tuco report`` on the CLI's subparsers."""
     p = subparsers.add_parser(
         "report", help="one self-contained HTML page from score files",
@@ -58,7 +56,7 @@ def _command_line(args) -> str:
     return shlex.join(parts)
 
 
-def run(args) -> int:
+def cmd_report(args) -> int:
     """``tuco report``: read, compute, write; user mistakes raise TucoError (the CLI prints them, exits 2)."""
     if args.top < 1:
         raise TucoError(f"--top {args.top}: must be at least 1")

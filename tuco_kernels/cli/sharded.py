@@ -14,12 +14,13 @@ import os
 import sys
 from pathlib import Path
 
-from .dataset import DEFAULT_SHARD_TOKENS, EXTRA_FORMATS, ShardsFailed, check_plan, score_dataset
-from .distributed import DEFAULT_TIMEOUT_S, RankLost, RunAborted, connect, device_for_rank, dist_env
-from .errors import TucoError
-from .fingerprint import sources_identity
-from .models.load import choose_offload
-from .models.sources import parse_dtype
+from ..dataset import DEFAULT_SHARD_TOKENS, EXTRA_FORMATS, ShardsFailed, check_plan, score_dataset
+from ..distributed import DEFAULT_TIMEOUT_S, RankLost, RunAborted, connect, device_for_rank, dist_env
+from ..errors import TucoError
+from ..fingerprint import sources_identity
+from ..models.load import choose_offload
+from ..models.sources import parse_dtype
+from .console import EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER
 
 
 def is_dataset_out(out: str) -> bool:
@@ -79,7 +80,7 @@ def _offload_for_ranks(args, env) -> None:
 
 
 def cmd_score_dataset(args, load) -> int:
-    """``load(args) -> (pair, prompts)`` is the command line's own loader (cli.py)."""
+    """``load(args) -> (pair, prompts)`` is the command line's own loader (prepare.load)."""
     env = dist_env()
     coord = connect(env, timeout=args.rank_timeout)
     try:
@@ -105,18 +106,18 @@ def cmd_score_dataset(args, load) -> int:
         pair.close()
     except (ShardsFailed, RankLost) as exc:
         print(f"tuco: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_INTERNAL
     except RunAborted as exc:
         print(f"tuco: error: {exc}", file=sys.stderr)
         return exc.code
     except TucoError as exc:
-        coord.abort(str(exc), 2)
+        coord.abort(str(exc), EXIT_USER)
         raise
     except KeyboardInterrupt:
-        coord.abort(f"rank {env.rank} was interrupted", 130)
+        coord.abort(f"rank {env.rank} was interrupted", EXIT_INTERRUPTED)
         print(f"tuco: interrupted; the finished shards in {args.out} are kept: rerun the same command to resume",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BaseException as exc:
         coord.abort(f"{type(exc).__name__}: {exc}")
         raise
@@ -133,5 +134,5 @@ def cmd_score_dataset(args, load) -> int:
         if flagged:
             print(f"tuco: warning: {flagged} of {run.n_prompts} prompts have no usable TuCo (status column)",
                   file=sys.stderr)
-            return 3
-    return 0
+            return EXIT_FLAGGED
+    return EXIT_OK

@@ -1,0 +1,75 @@
+"""What every command shares around its work: the exit codes, the console (tuco's log lines on stderr, other
+libraries quiet unless -v), and errors turned into one line and an exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import traceback
+import warnings
+
+from .._version import __version__
+from ..errors import TucoError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_FLAGGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+REPORT_URL = "the project's issue tracker"
+
+
+class _StderrLines(logging.Handler):
+    """tuco's own log lines (loading stages) as ``tuco: ...`` on whatever stderr is when they are written."""
+
+    def emit(self, record):
+        print(f"tuco: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def console(verbose: bool):
+    """For one command: without -v, no third-party warnings and no HF progress bars (tuco's stage lines and bar
+    say what happens); tuco's log lines on stderr. Everything is put back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    logger = logging.getLogger("tuco_kernels")
+    saved = (logger.level, logger.propagate, hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+    handler = _StderrLines()
+    with warnings.catch_warnings():
+        if not verbose:
+            warnings.simplefilter("ignore")
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        logger.propagate = False
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
+            hf_logging.set_verbosity(saved[2])
+            if saved[3]:
+                hf_logging.enable_progress_bar()
+
+
+def run_command(command, args) -> int:
+    """``command(args)``'s exit code; a user's mistake as ``tuco: error: ...`` (2), an interrupt (130), a bug as
+    one line with its traceback saved to a file (1)."""
+    try:
+        return command(args)
+    except TucoError as exc:
+        print(f"tuco: error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("tuco: interrupted; no output written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line here, the traceback in a file for the report
+        fd, path = tempfile.mkstemp(prefix="tuco-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"tuco {__version__}; command line: {' '.join(sys.argv)}\n\n")
+            traceback.print_exc(file=f)
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        print(f"tuco: internal error ({type(exc).__name__}: {first}); this is a bug in tuco_kernels. Please report it "
+              f"at {REPORT_URL} with the traceback saved in {path}", file=sys.stderr)
+        return EXIT_INTERNAL

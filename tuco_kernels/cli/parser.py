@@ -1,0 +1,204 @@
+"""The ``tuco`` command's options: one parser per command, options in groups (input, models, scoring or generation,
+memory, output), typed and checked as they are parsed, defaults shown, an example in every command's help."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import ops
+from .._version import __version__
+from ..prompts.templates import PAPER_TEMPLATES
+from ..prompts.tokenize import TRUNCATE_SIDES
+from .console import EXIT_USER
+from .reporting import add_report_parser
+from .sharded import add_dataset_args
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the one-line form every other error takes."""
+
+    def error(self, message):
+        print(f"tuco: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(EXIT_USER)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _alpha(text: str):
+    """'1.25' -> 1.25; '1,1,0.5' -> one value per layer."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or comma-separated list of numbers: {text!r}") from None
+    if not all(v == v and abs(v) != float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"must be finite: {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every option's default shown, unless it has none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" not in text and action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+EXAMPLES = {
+    "score": """examples:
+  tuco score --prompts prompts.txt --out scores.csv                   # the default pair (gemma-3-270m + chat LoRA)
+  tuco score --pretrained meta-llama/Llama-2-7b-hf --finetuned meta-llama/Llama-2-7b-chat-hf \\
+             --template llama2 --prompts prompts.jsonl --out scores.parquet --dtype bfloat16 --layers
+  tuco score --pretrained BASE --finetuned CHAT --prompts p.jsonl --out s.parquet --offload disk --max-gpu-memory 8GiB
+
+exit status: 0 clean; 2 a mistake named on one line; 3 finished, but rows are flagged (see the status column);
+1 an internal error (a bug); 130 interrupted.""",
+    "steer": """examples:
+  tuco steer --prompts prompts.txt --alpha 0.75 1 1.25 --max-new-tokens 40          # the default pair
+  tuco steer --pretrained BASE --finetuned CHAT --prompts p.txt --alpha 1.25 --sample --samples 4 --out gen.jsonl""",
+    "info": """example:
+  tuco info""",
+}
+
+
+def _parser_for(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES.get(name),
+                          formatter_class=_HelpFormatter)
+
+
+def _add_input_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("input")
+    g.add_argument("--prompts", required=True, metavar="FILE",
+                   help="prompt file: .jsonl (prompt or messages, optional id), .csv (prompt, optional id), .txt (one "
+                        "prompt a line)")
+    g.add_argument("--chat", action="store_true", help="insist on rendering text prompts as user turns of the "
+                                                       "fine-tuned tokenizer's chat template (the default when it has one)")
+    g.add_argument("--raw-text", action="store_true", help="render text prompts as raw text, not as chat user turns")
+    g.add_argument("--template", choices=PAPER_TEMPLATES, help="render prompts with one of the paper's templates "
+                                                               "(App. E.2) for this model family")
+    g.add_argument("--system-prompt", metavar="TEXT", help="system message for chat prompts")
+    g.add_argument("--truncate", choices=TRUNCATE_SIDES,
+                   help="cut prompts longer than the model's positions: left keeps the end (the last token), right "
+                        "the beginning (default: refuse them, naming each)")
+
+
+def _add_model_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("models")
+    g.add_argument("--pretrained", metavar="MODEL", help="pre-trained model: a directory, a .gguf file or a hub id "
+                                                         "(with --finetuned; neither: the default gemma-3-270m pair)")
+    g.add_argument("--finetuned", metavar="MODEL", help="fine-tuned model: a directory, .gguf file, hub id or PEFT "
+                                                        "adapter")
+    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory or hub id (default: the fine-tuned side's)")
+    g.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoints' own)")
+    g.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is a GPU, else cpu)")
+    g.add_argument("--allow-pickle", action="store_true", help="permit pickle (*.bin) weights (they can run code)")
+
+
+def _add_memory_args(p: argparse.ArgumentParser, scoring: bool):
+    g = p.add_argument_group("memory")
+    g.add_argument("--offload", choices=("none", "cpu", "disk"),
+                   help="where block weights live: none (on the device), cpu (page-locked host memory, streamed per "
+                        "layer), disk (read per layer from the safetensors files); default: none, or what "
+                        "--max-gpu-memory needs")
+    g.add_argument("--max-gpu-memory", metavar="SIZE", help="device memory budget, e.g. 8GiB: picks --offload and "
+                                                            "sizes the batches")
+    g.add_argument("--no-prefetch", action="store_true", help="with --offload: copy each layer only when it runs")
+    if scoring:
+        g.add_argument("--schedule", choices=("prompt", "layer"),
+                       help="prompt: all layers per batch; layer: all batches per layer, weights fetched once per sweep "
+                            "(default: layer with --offload, else prompt)")
+        g.add_argument("--sweep-tokens", type=_positive_int, metavar="N", help="cap on the tokens of one layer-major "
+                                                                               "sweep")
+        g.add_argument("--profile", action="store_true", help="print time in weight copies vs compute, GB/s, overlap")
+
+
+def _add_common(p: argparse.ArgumentParser):
+    p.add_argument("-v", "--verbose", action="store_true", help="also show the libraries' warnings and progress")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tuco", description="TuCo: how much of a model's answer comes from fine-tuning "
+                                              "(Nuti, Franzmeyer, Henriques, ICML 2025)",
+                     epilog="`tuco COMMAND --help` shows a command's options and examples.")
+    parser.add_argument("--version", action="version", version=f"tuco {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    s = _parser_for(sub, "score", "TuCo of every prompt of a file")
+    _add_input_args(s)
+    _add_model_args(s)
+    g = s.add_argument_group("scoring")
+    g.add_argument("--alpha", type=_alpha, default=1.0, metavar="A",
+                   help="FTC scale α, or comma-separated per-layer values (1: the fine-tuned model)")
+    g.add_argument("--layers", action="store_true", help="also write per-layer ptc_l1, ftc_l1 and cumulative beta")
+    g.add_argument("--token-map", action="store_true",
+                   help="also write TuCo at every token (token_tuco) beside the token strings (tokens)")
+    g.add_argument("--output-co", action="store_true", help="also write the OutputCo baseline")
+    g.add_argument("--batch-tokens", type=_positive_int, default=4096, metavar="N",
+                   help="rows × padded length per micro-batch")
+    g.add_argument("--backend", choices=ops.BACKENDS, help="force a kernel backend (see `tuco info`)")
+    _add_memory_args(s, scoring=True)
+    o = s.add_argument_group("output")
+    o.add_argument("--out", required=True, metavar="FILE|DIR/",
+                   help="results: a .jsonl, .csv or .parquet file (+ FILE.meta.json); or a directory (DIR/): sharded, "
+                        "resumable, several processes under torchrun")
+    o.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_dataset_args(o)  # --shard-tokens, --also, --rank-timeout (sharded.py)
+    _add_common(s)
+
+    t = _parser_for(sub, "steer", "generate under FTC α-scaling")
+    _add_input_args(t)
+    _add_model_args(t)
+    g = t.add_argument_group("generation")
+    g.add_argument("--alpha", type=_alpha, nargs="+", default=[1.0], metavar="A",
+                   help="one or more α values (or comma-separated per-layer lists)")
+    g.add_argument("--max-new-tokens", type=_positive_int, default=32, metavar="N")
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=_positive_float, default=1.0)
+    g.add_argument("--top-p", type=_probability, default=1.0, metavar="P")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--samples", type=_positive_int, default=1, metavar="N",
+                   help="completions per prompt and α (with --sample: independent draws)")
+    g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step")
+    g.add_argument("--batch-tokens", type=_positive_int, default=4096, metavar="N",
+                   help="rows × padded length per micro-batch")
+    g.add_argument("--backend", choices=ops.BACKENDS, help="force a kernel backend (see `tuco info`)")
+    _add_memory_args(t, scoring=False)
+    o = t.add_argument_group("output")
+    o.add_argument("--out", metavar="FILE", help="also write {id, prompt, alpha, sample, text} rows to .jsonl, .csv "
+                                                 "or .parquet (completions are printed as they finish either way)")
+    o.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
+    _add_common(t)
+
+    i = _parser_for(sub, "info", "versions, device, compiled ops and kernel backends (and why one cannot run)")
+    _add_common(i)
+    r = add_report_parser(sub)
+    _add_common(r)
+    return parser

@@ -1,0 +1,93 @@
+"""What ``tuco score`` and ``tuco steer`` do before their work: every check that costs nothing (options, the
+prompt file, α against the config's layer count) before any model loads, then the pair, with the rendering said."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import warnings
+
+from .. import ops
+from ..errors import OptionError
+from ..models.load import load_pair
+from ..models.sources import parse_device, parse_dtype, read_config
+from ..prompts.records import read_prompt_file
+from ..prompts.templates import TemplateMismatchWarning, paper_template, use_paper_template
+from ..prompts.tokenize import rendering
+
+
+def default_device(requested):
+    import torch
+
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def n_layers_of(args) -> int | None:
+    """The fine-tuned side's layer count from its config (no weights read); None when it cannot be told yet."""
+    if args.pretrained is None:
+        return None   # the default pair: known once fetched, checked by the scoring itself
+    source = args.pretrained if os.path.isfile(os.path.join(args.finetuned, "adapter_config.json")) else args.finetuned
+    config = read_config(source)
+    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+
+
+def check_before_loading(args, alphas) -> list:
+    """Every check that costs nothing, before any model loads; returns the prompts."""
+    if (args.pretrained is None) != (args.finetuned is None):
+        raise OptionError("give both --pretrained and --finetuned, or neither (the default gemma-3-270m pair)")
+    parse_dtype(args.dtype)
+    parse_device(default_device(args.device))
+    if args.template:
+        paper_template(args.template)  # an unknown name fails before any weights load
+    if args.backend is not None:
+        ops.resolve_backend(args.backend, default_device(args.device))
+    rendering_choice(args)
+    prompts = read_prompt_file(args.prompts)  # every line, before any weights load
+    n_layers = n_layers_of(args)
+    for alpha in alphas:
+        if isinstance(alpha, list) and n_layers is not None and len(alpha) != n_layers:
+            raise OptionError(f"--alpha has {len(alpha)} values but the model has {n_layers} layers")
+    return prompts
+
+
+def rendering_choice(args) -> bool | None:
+    """--chat: True, --raw-text: False, neither: None (the chat template when the tokenizer has one)."""
+    if args.chat and args.raw_text:
+        raise OptionError("--chat and --raw-text contradict each other; give one")
+    return True if args.chat or args.template else (False if args.raw_text else None)
+
+
+def load(args):
+    """The pair the options name (the default pair without any), its paper template applied; says how prompts
+    will be rendered and sets ``args.chat`` to that choice."""
+    if args.pretrained is None:
+        print("tuco: no model given; using the default pair (gemma-3-270m + chat LoRA; first run fetches it)",
+              file=sys.stderr)
+    pair = load_pair(args.pretrained, args.finetuned, tokenizer=args.tokenizer, dtype=args.dtype,
+                     device=default_device(args.device), allow_pickle=args.allow_pickle, offload=args.offload,
+                     max_gpu_memory=args.max_gpu_memory, prefetch=not args.no_prefetch)
+    if args.template:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TemplateMismatchWarning)
+            use_paper_template(pair, args.template)
+        for w in caught:
+            print(f"tuco: warning: {w.message}", file=sys.stderr)
+    args.chat = rendering_choice(args)
+    print(f"tuco: rendering: {rendering(pair.tokenizer, args.chat, args.system_prompt)}", file=sys.stderr)
+    return pair
+
+
+def options_of(args) -> dict:
+    """The options of the run as given (for the results' metadata)."""
+    skip = {"command", "pretrained", "finetuned", "no_progress"}
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def command_line() -> str:
+    return shlex.join(["tuco", *sys.argv[1:]])
+
+
+def estimated_bytes(n_rows: int, per_row: int) -> int:
+    """What an output of ``n_rows`` rows will take, for the free-space check before any work."""
+    return n_rows * per_row + 4096
