@@ -1,7 +1,7 @@
 """Cost of scoring a batch relative to plain HF forward passes on the same batch, in one run.
 
 TuCo runs both models' blocks on every layer, so the floor is two forwards: one of the fine-tuned model and
-one of the pre-trained model. Measured on the same left-padded batch, in the same process, interleaved:
+one of the pre-trained model. Measured on the same padded batch, in the same process, interleaved:
 
     hf_ft_ms     one HF forward of the fine-tuned model (last-position logits only: logits_to_keep=1)
     hf_pair_ms   that plus one of the pre-trained model: the two plain forwards TuCo must at least cost
@@ -86,7 +86,7 @@ def main():
     ids = torch.randint(3, vocab, (args.batch, args.seq), device=args.device,
                         generator=torch.Generator(args.device).manual_seed(0))
     mask = torch.ones_like(ids)
-    mask[1::2, : args.seq // 4] = 0  # half the rows left-padded, as in real batches
+    mask[1::2, -(args.seq // 4):] = 0  # half the rows right-padded, as scoring pads them
 
     @torch.no_grad()
     def hf_forward(model):

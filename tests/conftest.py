@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from tests.fixtures.assets import fetch_or_skip  # noqa: E402
-from tests.fixtures.pairs import SUPPORTED, make_pair_models, tokenizer_for_tests  # noqa: E402
+from tests.fixtures.pairs import CORE_FAMILIES, make_pair_models, tokenizer_for_tests  # noqa: E402
 from tuco_kernels import load_pair  # noqa: E402
 
 hf_logging.disable_progress_bar()
@@ -28,7 +28,7 @@ def tokenizer():
     return tokenizer_for_tests()
 
 
-@pytest.fixture(params=SUPPORTED)
+@pytest.fixture(params=CORE_FAMILIES)
 def family(request):
     return request.param
 

@@ -118,7 +118,7 @@ def test_bad_input_exits_nonzero_and_keeps_old_output(tmp_path, models, capsys, 
     (["--out", "{tmp}/x.xlsx"], "unknown output type '.xlsx'"),
     (["--out", "{tmp}/nodir/x.jsonl"], "does not exist"),
     (["--out", "{tmp}/o.jsonl", "--dtype", "int3"], "unknown dtype 'int3'"),
-    (["--out", "{tmp}/o.jsonl", "--tokenizer", "{tmp}/NOTOK"], "NOTOK: not a directory or .gguf file"),
+    (["--out", "{tmp}/o.jsonl", "--tokenizer", "{tmp}/NOTOK"], "NOTOK: not a model directory, a .gguf file or a Hugging Face hub id"),
     (["--out", "{tmp}/o.jsonl", "--backend", "nope"], "argument --backend: invalid choice: 'nope'"),
 ])
 def test_bad_options(tmp_path, models, capsys, extra, match):

@@ -283,7 +283,7 @@ def test_an_internal_error_is_one_line_and_a_saved_traceback(saved, tmp_path, ca
 
 
 def test_python_api_errors_are_tuco_errors(saved, tmp_path):
-    with pytest.raises(TucoError, match="not a directory or .gguf file"):
+    with pytest.raises(TucoError, match="not a model directory, a .gguf file or a Hugging Face hub id"):
         tk.load_pair(tmp_path / "nope", saved / "ft")
     with pytest.raises(OptionError, match="give both"):
         tk.load_pair(saved / "pt", None)

@@ -6,7 +6,7 @@ import torch
 import tuco_kernels as tk
 from tuco_kernels.errors import TucoError
 
-from tests.fixtures.pairs import PROMPTS, make_pair_models
+from tests.fixtures.pairs import PROMPTS
 from tests.fixtures.naive_reference import blocks_of
 
 

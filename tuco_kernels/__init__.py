@@ -11,7 +11,7 @@ TuCo = |Σ_l FTC_l|₁ / (|Σ_l PTC_l|₁ + |Σ_l FTC_l|₁) (docs/math.md). Sca
 
 from ._version import __version__
 from .attach import attach
-from .core.families import SUPPORTED as SUPPORTED_FAMILIES
+from .core.chain import prove_chain
 from .core.pair import ModelPair, ResidentPair
 from .dataset import DatasetRun, PlanMismatch, ShardsFailed, score_dataset
 from .errors import IncompatiblePairError, TucoError, UnsupportedModelError
@@ -27,4 +27,4 @@ from .steer import steer
 __all__ = ["attach", "generate", "load_pair", "score", "score_dataset", "steer", "DatasetRun", "PlanMismatch",
            "ShardsFailed", "ModelPair", "ResidentPair", "StreamedPair",
            "TuCoResult", "RunInfo", "TucoError", "IncompatiblePairError", "UnsupportedModelError",
-           "SUPPORTED_FAMILIES", "PAPER_TEMPLATES", "use_paper_template", "default_pair", "__version__"]
+           "prove_chain", "PAPER_TEMPLATES", "use_paper_template", "default_pair", "__version__"]

@@ -22,7 +22,7 @@ import torch
 
 from . import ops
 from .core.capture import NO_FORWARD, bind_block_call, restore_forward, saved_forward
-from .core.compat import check_compatible
+from .core.compat import check_compatible, prove_pair
 from .core.engine import layer_alphas
 from .core.metrics import contribution_ratio, tuco_from_sums
 from .errors import TucoError
@@ -75,7 +75,7 @@ class Probe:
         self.history.append(self.tuco)
 
 
-def _wrap_block(probe: Probe, l: int, ft_block, pt_block, previous):
+def _wrap_block(probe: Probe, family, l: int, ft_block, pt_block, previous):
     """The wrapper of one fine-tuned block; ``previous`` is another tool's instance-level forward, kept in the chain."""
     run_ft = previous if previous is not NO_FORWARD else functools.partial(type(ft_block).forward, ft_block)
 
@@ -83,38 +83,44 @@ def _wrap_block(probe: Probe, l: int, ft_block, pt_block, previous):
         _, x, named = bind_block_call(ft_block, args, kwargs)
         if l == 0:
             probe._start_call(x)
-        out_ft = run_ft(x, **named)
+        out_ft = family.block_output(run_ft(x, **named))
         pt_named = dict(named)
         for name in _CACHE_ARG_NAMES:
             if name in pt_named:
                 pt_named[name] = probe._pt_cache_for(pt_named[name])
-        out_pt = pt_block(x, **pt_named)
+        out_pt = family.block_output(pt_block(x, **pt_named))
         x_next = ops.fused_update(x, out_pt, out_ft, probe.alpha[l], probe._last, probe._acc_ptc, probe._acc_ftc,
                                   norms=probe._layer_norms, backend=probe._backend)
         probe._norms[:, l] = probe._layer_norms
         if l == probe.n_layers - 1:
             probe._finish_call()
-        return x_next
+        return family.block_return(x_next)
 
     forward._tuco_attach = True
     return forward
 
 
 @contextmanager
-def attach(ft_model, pt_model, alpha=1.0, *, backend: str | None = None):
-    """Wrap ``ft_model``'s decoder blocks in place for the duration of the ``with`` block; yields a :class:`Probe`."""
-    family = check_compatible(pt_model, ft_model)
+def attach(ft_model, pt_model, alpha=1.0, *, backend: str | None = None, family=None):
+    """Wrap ``ft_model``'s decoder blocks in place for the duration of the ``with`` block; yields a :class:`Probe`.
+
+    ``family``: the pair's proven family (``pair.family``); without it the models are checked and the chain probe
+    runs on both (a fraction of a second for small models)."""
+    if family is None or not family.proven:
+        family = check_compatible(pt_model, ft_model)
     for side, model in (("fine-tuned", ft_model), ("pre-trained", pt_model)):
         if any(p.is_meta for p in family.layers(model).parameters()):
             raise TucoError(f"the {side} model's decoder blocks hold no weights (a streamed pair's frame, "
                             f"offload='cpu'/'disk'); attach needs resident models (offload='none')")
+    if not family.proven:
+        family = prove_pair(pt_model, ft_model, family)
     ft_blocks, pt_blocks = family.layers(ft_model), family.layers(pt_model)
     if any(getattr(vars(b).get("forward"), "_tuco_attach", False) for b in ft_blocks):
         raise TucoError("the fine-tuned model's blocks are already wrapped by attach (nested attach?)")
     probe = Probe(pt_model, len(ft_blocks), layer_alphas(alpha, len(ft_blocks)), backend)
     saved = [saved_forward(fb) for fb in ft_blocks]   # another tool's wrappers: called inside ours, put back after
     for l, (fb, pb, previous) in enumerate(zip(ft_blocks, pt_blocks, saved)):
-        fb.forward = _wrap_block(probe, l, fb, pb, previous)
+        fb.forward = _wrap_block(probe, family, l, fb, pb, previous)
     try:
         yield probe
     finally:

@@ -209,7 +209,7 @@ def make_plan(pair, records, tokens: TokenTable, *, alpha, chat, system_prompt, 
     lengths = tokens.lengths
     batch_plan = plan_for(pair, lengths.tolist(), batch_tokens=batch_tokens, budget=budget, own_pt=output_co,
                           token_map=token_map)
-    groups = batch_groups(lengths.tolist(), batch_plan.batch_tokens)
+    groups = batch_groups(lengths.tolist(), batch_plan.batch_tokens, alone=not pair.family.pads_invariant)
     total_padded = sum(len(g) * int(lengths[g[0]]) for g in groups)
     sweep_plan = batch_plan.sweeps(total_padded, sweep_tokens)
     shards = pack_shards(groups, lengths, shard_tokens)

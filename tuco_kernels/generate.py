@@ -114,7 +114,7 @@ class _Cached:
     def __init__(self, pair, alphas, backend):
         self.model = pair.finetuned
         steer = any(a != 1.0 for a in alphas)
-        self.context = attach(pair.finetuned, pair.pretrained, alphas, backend=backend) if steer else nullcontext()
+        self.context = attach(pair.finetuned, pair.pretrained, alphas, backend=backend, family=pair.family) if steer else nullcontext()
         self.cache = None
 
     def first(self, ids, mask):
@@ -207,7 +207,7 @@ def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: b
     expanded = [t for t in token_lists for _ in range(num_samples)]
     gens = row_generators(expanded, [k % num_samples for k in range(len(expanded))], seed) if do_sample else None
     new_tokens: list[list[int]] = [[] for _ in expanded]
-    for batch in make_batches(expanded, batch_tokens, pad):
+    for batch in make_batches(expanded, batch_tokens, pad, side="left", alone=not pair.family.pads_invariant):
         stepper = (_Cached if use_cache else _Recomputed)(pair, alphas, backend)
         ids, mask = batch.input_ids.to(pair.device), batch.attention_mask.to(pair.device)
         batch_gens = [gens[i] for i in batch.indices] if gens is not None else None

@@ -116,10 +116,11 @@ class BatchScores:
 
 def plan_batches(pair, token_lists: list[list[int]], *, batch_tokens: int, budget: int | None,
                  sweep_tokens: int | None, output_co: bool, token_map: bool) -> tuple[SweepPlan, list[Batch]]:
-    """The memory plan and the micro-batches (length-sorted, left-padded) that scoring these prompts uses."""
+    """The memory plan and the micro-batches (length-sorted, right-padded) that scoring these prompts uses."""
     batch_plan = plan_for(pair, [len(t) for t in token_lists], batch_tokens=batch_tokens, budget=budget,
                           own_pt=output_co, token_map=token_map)
-    batches = make_batches(token_lists, batch_plan.batch_tokens, pad_id_of(pair.tokenizer))
+    batches = make_batches(token_lists, batch_plan.batch_tokens, pad_id_of(pair.tokenizer),
+                           alone=not pair.family.pads_invariant)
     return batch_plan.sweeps(sum(b.input_ids.numel() for b in batches), sweep_tokens), batches
 
 
@@ -177,7 +178,7 @@ def _batch_scores(batch: Batch, dec, *, layers: bool, token_map: bool, output_co
     if token_map:
         per_pos = tuco_from_sums(dec.acc_ptc, dec.acc_ftc)
         lengths = batch.attention_mask.sum(-1).tolist()
-        out.token_tuco = [per_pos[r, -n:].cpu().numpy() for r, n in enumerate(lengths)]
+        out.token_tuco = [per_pos[r, :n].cpu().numpy() for r, n in enumerate(lengths)]
     if output_co:
         rows = torch.arange(len(batch.indices), device=dec.last_idx.device)
         out.output_co = output_co_metric(dec.x_final[rows, dec.last_idx], dec.x_pt_final[rows, dec.last_idx]).cpu().numpy()

@@ -18,7 +18,8 @@ def steer(pair, prompts, alpha=1.0, *, chat: bool | None = None, system_prompt: 
     _, token_lists = prepare(pair, prompts, chat=chat, system_prompt=system_prompt)
     alphas = layer_alphas(alpha, pair.n_layers)
     out = None
-    for batch in make_batches(token_lists, batch_tokens, pad_id_of(pair.tokenizer)):
+    for batch in make_batches(token_lists, batch_tokens, pad_id_of(pair.tokenizer),
+                              alone=not pair.family.pads_invariant):
         logp = next_logprobs(pair, batch.input_ids.to(pair.device), batch.attention_mask.to(pair.device), alphas,
                              backend)
         if out is None:

@@ -9,6 +9,7 @@ from tuco_kernels.core.engine import decompose_batch, layer_alphas
 from tuco_kernels.errors import TucoError, UnsupportedModelError
 
 from tests.fixtures.pairs import PROMPTS, make_pair_models
+from tests.fixtures.tiny import build_model
 from tests.fixtures.naive_reference import blocks_of, naive_decomposition, naive_tuco
 
 
@@ -126,14 +127,23 @@ def test_per_layer_alpha(llama_pair):
         layer_alphas(float("nan"), 3)
 
 
-def test_unsupported_family_is_refused(tokenizer):
-    from transformers import AutoConfig, AutoModelForCausalLM
+def test_model_outside_the_decomposition_is_refused_with_the_reason():
+    """DeepSeek-V4 carries several residual streams between blocks (hyper-connections): no single x_l to split."""
+    from tests.fixtures.family_configs import tiny_config
 
-    cfg = AutoConfig.for_model("opt", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                               ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32)
-    opt = AutoModelForCausalLM.from_config(cfg)
-    with pytest.raises(UnsupportedModelError, match="model_type 'opt' is not supported"):
-        tk.load_pair(opt, opt, tokenizer=tokenizer)
+    model = build_model(tiny_config("deepseek_v4"))
+    with pytest.raises(UnsupportedModelError, match=r"model_type 'deepseek_v4' cannot be decomposed exactly: the "
+                                                    r"blocks carry a stream of shape \(2, 6, 4, 64\), not \[batch=2, tokens=6, hidden=64\]"):
+        tk.load_pair(model, model)
+
+
+def test_encoder_decoder_is_refused_before_loading():
+    from transformers import AutoConfig
+
+    from tuco_kernels.core.families import check_config
+
+    with pytest.raises(UnsupportedModelError, match="model_type 't5' is an encoder-decoder model"):
+        check_config(AutoConfig.for_model("t5"))
 
 
 @pytest.mark.gpu

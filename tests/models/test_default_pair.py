@@ -1,12 +1,10 @@
 """The default pair (gemma-3-270m + the shipped chat LoRA) against HuggingFace and PEFT's own forward passes."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
-from tests.fixtures.assets import fetch_or_skip
 import tuco_kernels as tk
 from tuco_kernels.models import default_pair
 from tuco_kernels.cli import main as tuco

@@ -74,7 +74,7 @@ def test_peft_adapter_as_finetuned_side(tmp_path, saved, tokenizer):
 
 
 def test_bad_paths(tmp_path, saved):
-    with pytest.raises(TucoError, match="not a directory or .gguf file"):
+    with pytest.raises(TucoError, match="missing: not a model directory, a .gguf file or a Hugging Face hub id"):
         tk.load_pair(tmp_path / "missing", saved / "ft")
     (tmp_path / "empty").mkdir()
     with pytest.raises(TucoError, match="empty: no config.json"):

@@ -6,10 +6,9 @@ import torch
 
 import tuco_kernels as tk
 from tuco_kernels.errors import TucoError
-from tuco_kernels.core.families import SUPPORTED
 from tests.fixtures.tiny import build_model, tiny_config
 
-from tests.fixtures.pairs import PROMPTS, make_pair_models
+from tests.fixtures.pairs import CORE_FAMILIES, PROMPTS, make_pair_models
 
 MODES = ("cpu", "disk")
 
@@ -19,7 +18,7 @@ def saved_pairs(tmp_path_factory, tokenizer):
     """family -> directory with pt/ (one file) and ft/ (sharded) safetensors folders."""
     root = tmp_path_factory.mktemp("stream")
     out = {}
-    for family in SUPPORTED:
+    for family in CORE_FAMILIES:
         pt, ft = make_pair_models(family, tokenizer)
         pt.save_pretrained(root / family / "pt")
         ft.save_pretrained(root / family / "ft", max_shard_size="60KB")

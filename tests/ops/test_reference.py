@@ -5,7 +5,6 @@ import torch
 
 from tuco_kernels import ops
 from tests.fixtures.update_oracle import TOL, loop_oracle
-from tuco_kernels.errors import TucoError
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -4,7 +4,7 @@ from tuco_kernels.core.capture import last_token_index
 from tuco_kernels.prompts.batching import make_batches
 
 
-def test_batches_respect_budget_sort_and_left_pad():
+def test_batches_respect_budget_sort_and_right_pad():
     lists = [[1] * 3, [2] * 10, [3] * 5, [4] * 10, [5] * 1]
     batches = make_batches(lists, batch_tokens=20, pad_id=0)
     seen = sorted(i for b in batches for i in b.indices)
@@ -14,8 +14,8 @@ def test_batches_respect_budget_sort_and_left_pad():
         assert B * T <= 20 or B == 1
         for row, i in enumerate(b.indices):
             n = len(lists[i])
-            assert b.input_ids[row, T - n:].tolist() == lists[i]
-            assert b.attention_mask[row].tolist() == [0] * (T - n) + [1] * n
+            assert b.input_ids[row, :n].tolist() == lists[i]
+            assert b.attention_mask[row].tolist() == [1] * n + [0] * (T - n)
     assert batches[0].indices == [1, 3]  # longest first, ties in input order
 
 

@@ -2,9 +2,7 @@
 
 import numpy as np
 import pytest
-import torch
 
-from tests.fixtures.tiny import build_model, tiny_config
 from tuco_research.studies import alpha_mmlu, many_shot
 
 

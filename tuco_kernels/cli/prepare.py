@@ -10,6 +10,8 @@ import warnings
 
 from .. import ops
 from ..errors import OptionError
+from ..core.families import n_layers_of_config
+from ..models import hub
 from ..models.load import load_pair
 from ..models.sources import parse_device, parse_dtype, read_config
 from ..prompts.records import read_prompt_file
@@ -28,14 +30,16 @@ def n_layers_of(args) -> int | None:
     if args.pretrained is None:
         return None   # the default pair: known once fetched, checked by the scoring itself
     source = args.pretrained if os.path.isfile(os.path.join(args.finetuned, "adapter_config.json")) else args.finetuned
-    config = read_config(source)
-    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    return n_layers_of_config(read_config(source))
 
 
 def check_before_loading(args, alphas) -> list:
     """Every check that costs nothing, before any model loads; returns the prompts."""
     if (args.pretrained is None) != (args.finetuned is None):
         raise OptionError("give both --pretrained and --finetuned, or neither (the default gemma-3-270m pair)")
+    # hub ids resolved to their local snapshots once, here, so that a missing model is named before anything loads
+    args.pretrained, args.finetuned = hub.local_source(args.pretrained), hub.local_source(args.finetuned)
+    args.tokenizer = hub.local_source(args.tokenizer)
     parse_dtype(args.dtype)
     parse_device(default_device(args.device))
     if args.template:

@@ -1,8 +1,8 @@
 """Record x_0 and every decoder block's exact call arguments from a model's own HF forward.
 
 Each block's ``forward`` is temporarily replaced (on the instance, so the module and its attributes
-stay as they are) by a recorder that stores its arguments and returns its input unchanged; after the
-last block the forward is stopped, so neither the blocks nor the head do any work. What HF builds
+stay as they are) by a recorder that stores its arguments and returns its input unchanged (in the
+block's own return form, found by the chain probe); after the last block the forward is stopped, so neither the blocks nor the head do any work. What HF builds
 for the blocks -- causal / sliding-window / padding masks, rotary (cos, sin) per layer type, position
 ids -- is thereby taken from HF itself for every family instead of being re-implemented here.
 
@@ -81,16 +81,32 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions 0..n-1 over each row's real tokens (left padding gets position 0), [B, T] int64.
 
-    Passed explicitly so that a prompt's positions do not depend on how much padding its batch has
-    (HF's default would be ``arange(T)`` for every row, shifting left-padded prompts).
+    Passed explicitly where the model takes them, so that a prompt's positions never depend on its batch's
+    padding (scoring pads on the right, where they equal HF's default ``arange(T)``; a caller's left-padded
+    batch would otherwise shift its prompts).
     """
     return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
 
 
+def forward_kwargs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+    """The arguments of a plain, uncached forward; positions from the mask for a left-padded batch, where the model
+    takes them."""
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if not is_right_padded(attention_mask) and "position_ids" in inspect.signature(model.forward).parameters:
+        kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+    return kwargs
+
+
+def is_right_padded(attention_mask: torch.Tensor) -> bool:
+    """Every row's real tokens come first (scoring's batches): HF's own positions are then the right ones, and the
+    model is called exactly as ``model(input_ids, attention_mask)``."""
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+
+
 @torch.no_grad()
-def capture(model: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor,
-            attention_mask: torch.Tensor) -> Capture:
-    """Run ``model``'s own forward up to its first block and record every block's call."""
+def capture(model: nn.Module, family, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Capture:
+    """Run ``model``'s own forward through its blocks without running them and record every block's call."""
+    layers = family.layers(model)
     records: list = [None] * len(layers)
     last = len(layers) - 1
 
@@ -100,15 +116,14 @@ def capture(model: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor,
             records[i] = (hidden, named)
             if i == last:
                 raise _StopForward
-            return hidden
+            return family.block_return(hidden)
         return recorder
 
     saved = [saved_forward(block) for block in layers]   # other tools' instance-level wrappers, put back after
     for i, block in enumerate(layers):
         block.forward = make_recorder(i, block)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask,
-              position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+        model(**forward_kwargs(model, input_ids, attention_mask))
     except _StopForward:
         pass
     finally:

@@ -6,32 +6,42 @@ from __future__ import annotations
 import logging
 
 from ..errors import IncompatiblePairError
-from .families import Family, family_of
+from .chain import prove_chain
+from .families import Family, check_config, find_family
 
 log = logging.getLogger("tuco_kernels")
 
 
 def _config_field(config, field):
-    return getattr(config, field, None)
+    if field == "per_layer_config":   # per-layer overrides (heterogeneous models), compared as stored
+        return config.to_dict().get(field)
+    try:
+        return getattr(config, field, None)
+    except Exception:   # a per-layer attribute that transformers refuses to read globally: compare it as stored
+        return config.to_dict().get(field)
 
 
-def check_configs(pc, fc) -> Family:
-    """Raise :class:`IncompatiblePairError` naming the first config field on which the two models disagree."""
+def check_configs(pc, fc) -> None:
+    """Raise :class:`IncompatiblePairError` naming the first config field on which the two models disagree, or
+    :class:`~tuco_kernels.errors.UnsupportedModelError` for a config that cannot be a decoder-only causal LM."""
     if pc.model_type != fc.model_type:
         raise IncompatiblePairError("model_type", pc.model_type, fc.model_type)
-    family = family_of(fc)
+    check_config(fc)
     for field in ("num_hidden_layers", "hidden_size", "vocab_size", "num_attention_heads",
-                  "num_key_value_heads", "head_dim", "layer_types", "sliding_window"):
+                  "num_key_value_heads", "head_dim", "layer_types", "sliding_window", "per_layer_config"):
         a, b = _config_field(pc, field), _config_field(fc, field)
         if a != b:
             raise IncompatiblePairError(field, a, b)
-    return family
 
 
 def check_compatible(pt, ft, pt_tokenizer=None, ft_tokenizer=None) -> Family:
-    """Check configs, built modules and tokenizers; raise :class:`IncompatiblePairError` naming the field."""
+    """Check configs, built modules and tokenizers; raise :class:`IncompatiblePairError` naming the field. Returns
+    the family as found by structure (not yet proven: :func:`prove_pair`, or the streamed pair's probe)."""
     pc, fc = pt.config, ft.config
-    family = check_configs(pc, fc)
+    check_configs(pc, fc)
+    family = find_family(ft)
+    if find_family(pt).layers_path != family.layers_path:
+        raise IncompatiblePairError("decoder stack", find_family(pt).layers_path, family.layers_path)
     n_pt, n_ft = len(family.layers(pt)), len(family.layers(ft))
     if n_pt != n_ft:
         raise IncompatiblePairError("number of decoder layers", n_pt, n_ft)
@@ -49,3 +59,11 @@ def check_compatible(pt, ft, pt_tokenizer=None, ft_tokenizer=None) -> Family:
         log.warning("rope parameters differ (%s vs %s); pre-trained blocks will see the fine-tuned model's "
                     "rotary embeddings, as the decomposition requires", rope_a, rope_b)
     return family
+
+
+def prove_pair(pt, ft, family: Family | None = None) -> Family:
+    """The chain probe (chain.py) on both resident models; the fine-tuned model's proven family."""
+    family = family or find_family(ft)
+    proven = prove_chain(ft, family).family
+    pt_invariant = prove_chain(pt, family).family.pads_invariant
+    return proven.with_probe(pads_invariant=proven.pads_invariant and pt_invariant)

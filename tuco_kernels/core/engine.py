@@ -68,7 +68,7 @@ class _Rows:
     def __init__(self, pair, input_ids, attention_mask, *, layers, token_map, own_pt, spill):
         device = pair.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        rec = capture(pair.finetuned, pair.family.layers(pair.finetuned), input_ids, attention_mask)
+        rec = capture(pair.finetuned, pair.family, input_ids, attention_mask)
         B, T, d = rec.x0.shape
         self.kwargs = rec.block_kwargs
         self.last_idx = last_token_index(attention_mask)
@@ -81,10 +81,11 @@ class _Rows:
         self.bad_layer = torch.where(_nonfinite_rows(rec.x0, self.real), -2, -1)   # −2: the embedding already
         self.bad_side = torch.zeros(B, dtype=torch.int64, device=device)
         self.x = _to_host(rec.x0) if spill else rec.x0
+        self.block_output = pair.family.block_output
         self.x_pt = self.kwargs_pt = None
         if own_pt:
             pt = pair.pretrained_frame()
-            rec_pt = capture(pt, pair.family.layers(pt), input_ids, attention_mask)
+            rec_pt = capture(pt, pair.family, input_ids, attention_mask)
             self.x_pt, self.kwargs_pt = (_to_host(rec_pt.x0) if spill else rec_pt.x0), rec_pt.block_kwargs
 
     def streams(self) -> list[torch.Tensor]:
@@ -94,14 +95,14 @@ class _Rows:
         """Layer l on this micro-batch: both blocks on x_l, then the fused update writes x_{l+1} over x_l.
 
         ``x``/``x_pt`` are the streams on the device; returns them after the layer (x updated in place)."""
-        out_pt = run_pt(x, **self.kwargs[l])
-        out_ft = run_ft(x, **self.kwargs[l])
+        out_pt = self.block_output(run_pt(x, **self.kwargs[l]))
+        out_ft = self.block_output(run_ft(x, **self.kwargs[l]))
         self._track_nonfinite(l, out_pt, out_ft)
         norms = self.norms[l] if self.norms is not None else None
         ops.fused_update(x, out_pt, out_ft, alpha, self.last_idx, self.acc_ptc, self.acc_ftc, out=x, norms=norms,
                          backend=backend)
         if x_pt is not None:
-            x_pt = run_pt(x_pt, **self.kwargs_pt[l])
+            x_pt = self.block_output(run_pt(x_pt, **self.kwargs_pt[l]))
         return x, x_pt
 
     def _track_nonfinite(self, l: int, out_pt: torch.Tensor, out_ft: torch.Tensor) -> None:

@@ -1,35 +1,35 @@
-"""Where each supported HuggingFace family keeps its parts, and how its head turns x_L into logits.
+"""Where a model keeps its decoder blocks, found from the model itself rather than from a table of families.
 
-The engine never re-implements attention, masks or rotary embeddings: it drives the model's own
-decoder blocks with the call arguments recorded from the model's own forward (see capture.py).
-What it does need per family is small: the list of decoder blocks, the final norm and LM head
-(for logits under α), and the embedding (for nothing but checks). Families outside SUPPORTED are
-refused rather than silently mis-scored: a family whose decoder loop does work between blocks
-(per-layer inputs, cross-layer KV sharing, ...) would break the identity x_{l+1} = block_l(x_l).
+The engine needs three things of a CausalLM: the ModuleList of decoder blocks that its forward calls in order,
+the module that reads the last block's output (the final norm, when there is one), and a way to turn x_L into
+logits. The blocks are found here by structure: the one ``ModuleList`` of ``num_hidden_layers`` modules, the
+shallowest such list under the model (a small override table names the stack where that is ambiguous). The final
+norm and the head's behaviour are found and checked on the model's own forward by :mod:`.chain`, which completes
+the :class:`Family`; logits come from the model's own head (:mod:`.head`), so soft-capping and logit scales are
+HF's, never re-implemented here. Which families are exact is decided at load by the chain probe, not listed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from .head import head_logits
 
-# model_type -> (attribute path of the decoder stack, attribute path of the final norm)
-_LAYOUT = {
-    "llama": ("model.layers", "model.norm"),
-    "mistral": ("model.layers", "model.norm"),
-    "qwen2": ("model.layers", "model.norm"),
-    "qwen3": ("model.layers", "model.norm"),
-    "gemma": ("model.layers", "model.norm"),
-    "gemma2": ("model.layers", "model.norm"),
-    "gemma3_text": ("model.layers", "model.norm"),
-    "phi3": ("model.layers", "model.norm"),
-    "gpt2": ("transformer.h", "transformer.ln_f"),
+#: model_type -> the decoder stack's path, where structure alone is ambiguous (checked by the chain probe anyway)
+STACK_OVERRIDES: dict[str, str] = {}
+
+#: model types whose outputs depend on the other rows of a batch although the probe's short batch does not show it
+#: (found by tests/core/test_families.py); scored one prompt per batch like those the probe catches
+BATCH_DEPENDENT: dict[str, str] = {"axk2": "a padded row's TuCo changes with the batch (0.33 vs 0.17 alone)"}
+
+#: configs that cannot be a decoder-only causal LM, with why (refused before any weights load)
+_REFUSED_CONFIG = {
+    "is_encoder_decoder": "an encoder-decoder model: TuCo decomposes a decoder-only residual stream",
 }
-SUPPORTED = tuple(_LAYOUT)
 
 
 def _get(obj, path: str):
@@ -38,41 +38,103 @@ def _get(obj, path: str):
     return obj
 
 
+def text_config(config):
+    """The decoder's config (the text config of a multimodal model, the config itself otherwise)."""
+    try:
+        return config.get_text_config(decoder=True)
+    except (AttributeError, ValueError):
+        return config
+
+
+def n_layers_of_config(config) -> int | None:
+    text = text_config(config)
+    for name in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 @dataclass(frozen=True)
 class Family:
-    """Accessors for one model_type. Stateless: every method takes the model."""
+    """Where one model's parts are. ``norm_path`` and ``block_returns_tuple`` come from the chain probe.
+
+    Stateless: every method takes the model, so one Family serves both models of a pair (same class, same paths).
+    """
 
     model_type: str
-    layers_path: str
-    norm_path: str
+    layers_path: str                 # the ModuleList of decoder blocks, e.g. "model.layers"
+    norm_path: str | None = None     # the first module to read x_L (the final norm), as the probe found it
+    block_returns: int = 0           # blocks return hidden (0) or a tuple of this many items, hidden first
+    proven: bool = False             # the chain probe passed on this model
+    pads_invariant: bool = True      # a prompt's outputs do not depend on the rows batched with it (the probe)
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return _get(model, self.layers_path)
 
     def final_norm(self, model: nn.Module) -> nn.Module:
-        return _get(model, self.norm_path)
+        """The first module that reads x_L (the final norm; an identity when the head reads x_L itself)."""
+        return _get(model, self.norm_path) if self.norm_path else nn.Identity()
 
-    def logits(self, model: nn.Module, x_last: torch.Tensor) -> torch.Tensor:
-        """Final norm, LM head and (Gemma 2/3) soft-capping, exactly as the HF CausalLM forward does.
+    def block_output(self, out) -> torch.Tensor:
+        """The hidden states of a block's return value (a tensor, or the first item of a tuple)."""
+        return out if isinstance(out, torch.Tensor) else out[0]
 
-        ``x_last`` is the pre-norm residual stream x_L of the positions wanted, [..., d].
-        """
-        logits = model.get_output_embeddings()(self.final_norm(model)(x_last))
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+    def block_return(self, hidden: torch.Tensor):
+        """What a block of this family returns when its hidden states are ``hidden`` (for wrapped blocks; the
+        other items of a tuple, attention weights or a cache, are None as in an uncached forward)."""
+        return (hidden,) + (None,) * (self.block_returns - 1) if self.block_returns else hidden
+
+    def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits from pre-norm residual states ``x`` [..., d], by the model's own head (see head.py)."""
+        return head_logits(model, self, x)
+
+    def with_probe(self, **found) -> Family:
+        return replace(self, **found)
 
 
-def family_of(model_or_config) -> Family:
-    """The :class:`Family` of a model or config; raises :class:`UnsupportedModelError` if unknown."""
-    config = getattr(model_or_config, "config", model_or_config)
+def check_config(config) -> None:
+    """Refuse, before any weights load, a config that cannot be a decoder-only causal LM."""
+    for field, why in _REFUSED_CONFIG.items():
+        if getattr(config, field, False):
+            raise UnsupportedModelError(f"model_type {config.model_type!r} is {why}")
+    if n_layers_of_config(config) is None:
+        raise UnsupportedModelError(f"model_type {config.model_type!r}: the config names no number of decoder layers "
+                                    f"(num_hidden_layers)")
+
+
+def find_family(model: nn.Module) -> Family:
+    """The :class:`Family` of a built model (its parts found by structure; not yet proven: see chain.py)."""
+    config = model.config
     model_type = getattr(config, "model_type", None)
-    if model_type not in _LAYOUT:
-        raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported: the engine drives decoder blocks one by one and "
-            f"is verified only for {', '.join(SUPPORTED)}. Other families may do work between blocks "
-            f"that this decomposition would silently drop, so they are refused."
-        )
-    layers_path, norm_path = _LAYOUT[model_type]
-    return Family(model_type, layers_path, norm_path)
+    check_config(config)
+    n = n_layers_of_config(config)
+    path = STACK_OVERRIDES.get(model_type) or _find_stack(model, n, model_type)
+    return Family(model_type, path)
+
+
+def _find_stack(model: nn.Module, n: int, model_type) -> str:
+    lists = [name for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n and name]
+    outermost = [name for name in lists if not any(name.startswith(other + ".") for other in lists)]
+    if not outermost:
+        raise UnsupportedModelError(f"model_type {model_type!r}: no list of {n} decoder blocks (num_hidden_layers) "
+                                    f"found in {type(model).__name__}")
+    if len(outermost) > 1:   # several stacks (an audio or vision tower beside the language model): the decoder's
+        decoder = _decoder_path(model)
+        if decoder is not None:
+            outermost = [name for name in outermost if name.startswith(decoder + ".")] or outermost
+    depth = min(name.count(".") for name in outermost)
+    shallowest = [name for name in outermost if name.count(".") == depth]
+    if len(shallowest) > 1:
+        raise UnsupportedModelError(f"model_type {model_type!r}: {len(shallowest)} lists of {n} modules "
+                                    f"({', '.join(shallowest)}); which one is the decoder stack is ambiguous")
+    return shallowest[0]
+
+
+def _decoder_path(model: nn.Module) -> str | None:
+    """Where HF's ``get_decoder()`` says the language model is, when the model says."""
+    try:
+        decoder = model.get_decoder()
+    except (AttributeError, NotImplementedError, ValueError):
+        return None
+    return next((name for name, m in model.named_modules() if m is decoder and name), None)

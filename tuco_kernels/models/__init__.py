@@ -1,6 +1,7 @@
 """Model loading, apart from the engine: where models come from and how a pair is built from them.
 
 sources.py       paths, GGUF files, adapter directories, configs read without weights, dtypes by name
+hub.py           hub ids (org/name@revision) resolved to local snapshots with huggingface_hub
 hf.py            HuggingFace loading, PEFT merge, preparing a loaded model (dtype, device, eval)
 load.py          ``load_pair``: checks, the resident or streamed pair, the offload mode a budget calls for
 default_pair.py  the default pair (gemma-3-270m + the shipped chat LoRA in data/)

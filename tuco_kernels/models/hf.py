@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.families import family_of
+from ..core.families import check_config
 from ..errors import ModelError
 from ..offload.checkpoint import Checkpoint
 from .sources import is_adapter_dir, read_config, resolve_source, weights_kind
@@ -30,7 +30,7 @@ def load_model(source, *, dtype, gguf_file, allow_pickle, attn_implementation):
             kwargs["dtype"] = torch.float32  # GGUF is dequantized to fp32 nn.Linear weights
     else:
         kwargs["use_safetensors"] = weights_kind(directory, allow_pickle) == "safetensors"
-    family_of(read_config(source, gguf_file))  # refuse unsupported families before loading any weights
+    check_config(read_config(source, gguf_file))  # refuse what cannot be a decoder-only LM before loading weights
     where = directory / (gguf or "")
     if not gguf and kwargs["use_safetensors"]:
         Checkpoint(directory).close()   # every shard's header against its file size: a damaged file is named

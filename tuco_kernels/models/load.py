@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from ..core.compat import check_compatible, check_configs
+from ..core.compat import check_compatible, check_configs, prove_pair
 from ..core.pair import ModelPair, ResidentPair
 from ..errors import ModelError, OptionError
 from ..offload.budget import host_memory_available, parse_size
 from ..offload.checkpoint import Checkpoint, ModuleTensors
 from ..offload.lora import LoraAdapter
 from ..offload.streamed import streamed_pair
-from . import default_pair
+from . import default_pair, hub
 from .hf import apply_adapter, load_model, log, prepare_model, tokenizers_for
 from .sources import is_adapter_dir, parse_device, parse_dtype, read_config, resolve_source, weights_kind
 
@@ -42,8 +42,10 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
     of it (:mod:`tuco_kernels.models.default_pair`; fetched and converted on first use, fp32 unless ``dtype`` is given).
 
     Args:
-        pretrained, finetuned: local directories, ``.gguf`` paths or ``PreTrainedModel`` objects; the fine-tuned
-            side may be a PEFT adapter directory (then it is merged into a copy of the pre-trained model).
+        pretrained, finetuned: local directories, ``.gguf`` paths, hub ids (``org/name`` or ``org/name@revision``,
+            from the local HF cache when ``HF_HUB_OFFLINE=1``; see :mod:`tuco_kernels.models.hub`) or
+            ``PreTrainedModel`` objects; the fine-tuned side may be a PEFT adapter (directory or hub id), merged
+            into a copy of the pre-trained model.
         tokenizer: a tokenizer or a directory; default: the fine-tuned side's, else the pre-trained side's.
         dtype: "float32", "bfloat16", "float16" or a torch dtype; default: the checkpoints' own (the fine-tuned
             one's if they differ).
@@ -65,6 +67,8 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
         tokenizer = tokenizer if tokenizer is not None else default_pair.chat_tokenizer(pretrained)
     if pretrained is None or finetuned is None:
         raise OptionError("give both the pre-trained and the fine-tuned model, or neither (the default pair)")
+    pretrained, finetuned = hub.local_source(pretrained), hub.local_source(finetuned)   # hub ids -> snapshots
+    tokenizer = hub.local_source(tokenizer)
     dtype = parse_dtype(dtype)
     device = parse_device(device)
     g_pt, g_ft = gguf_file if isinstance(gguf_file, (tuple, list)) else (gguf_file, gguf_file)
@@ -139,6 +143,8 @@ def load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
     if next(pt.parameters()).dtype != target:
         log.info("casting the pre-trained model to %s to match the fine-tuned one", target)
     pt, ft = prepare_model(pt, target, device), prepare_model(ft, target, device)
+    with stage("proving the decoder chain on a probe (docs/math.md §1)"):
+        family = prove_pair(pt, ft, family)
     return ResidentPair(pt, ft, ft_tok, family)
 
 

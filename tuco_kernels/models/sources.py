@@ -72,7 +72,7 @@ def resolve_source(source, gguf_file):
             raise ModelError(f"{path}: GGUF file not found")
         return path.parent, path.name
     if not path.is_dir():
-        raise ModelError(f"{path}: not a directory or .gguf file (models are loaded from local paths only)")
+        raise ModelError(f"{path}: not a model directory, a .gguf file or a Hugging Face hub id (org/name)")
     if gguf_file is not None and not (path / gguf_file).is_file():
         raise ModelError(f"{path / gguf_file}: GGUF file not found")
     return path, gguf_file

@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import ModelError
+from ..errors import ModelError, UnsupportedModelError
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -213,18 +214,62 @@ class ModuleTensors(TensorSource):
         dest.copy_(self.tensors[name])
 
 
-def resolve_name(source: TensorSource, name: str, model_prefix: str | None, aliases: list[str]) -> str:
+@dataclass(frozen=True)
+class LoadConversions:
+    """How transformers maps a model's checkpoint names onto its parameters while loading
+    (``get_model_conversion_mapping``): plain renames, which a tensor-by-tensor reader can undo, and whether any
+    tensors are converted (experts stored one by one and fused on load), which it cannot."""
+
+    model_type: str | None = None
+    renames: tuple[tuple[str, str], ...] = ()   # (name in the model, name in the checkpoint) fragments
+    converts: bool = False
+
+    @classmethod
+    def of(cls, model) -> LoadConversions:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        try:
+            from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
+
+            transforms = get_model_conversion_mapping(model)
+        except Exception:   # a transformers without load-time conversions, or a model it cannot map
+            return cls(model_type)
+        renames, converts = [], False
+        for t in transforms:
+            if not isinstance(t, WeightRenaming):
+                converts = True
+                continue
+            for source, target in zip(t.source_patterns, t.target_patterns):
+                stored = re.sub(r"\\(.)", r"\1", source.lstrip("^"))
+                if not re.search(r"[\\^$*+?()\[\]{}|]", stored) and not re.search(r"[\\^$*+?()\[\]{}|]", target):
+                    renames.append((target, stored))
+        return cls(model_type, tuple(renames), converts)
+
+    def stored_names(self, name: str) -> list[str]:
+        return [name.replace(target, stored) for target, stored in self.renames if target in name]
+
+
+def resolve_name(source: TensorSource, name: str, model_prefix: str | None, aliases: list[str],
+                 conversions: LoadConversions | None = None) -> str:
     """The name under which ``source`` stores parameter ``name``.
 
     Tries the name itself, the name without the base-model prefix (older GPT-2 files store ``h.0...``
-    for ``transformer.h.0...``), and the names of parameters tied to it (a tied LM head is stored once,
-    as the embedding).
+    for ``transformer.h.0...``), the names of parameters tied to it (a tied LM head is stored once, as the
+    embedding) and the names transformers renames on load (``conversions``). A tensor that transformers builds
+    from several stored ones (experts fused on load) cannot be read tensor by tensor: that is an
+    :class:`~tuco_kernels.errors.UnsupportedModelError` saying to load the pair resident.
     """
     candidates = [name] + list(aliases)
+    if conversions is not None:
+        candidates += [r for c in list(candidates) for r in conversions.stored_names(c)]
     if model_prefix:
         candidates += [c[len(model_prefix) + 1:] for c in candidates if c.startswith(model_prefix + ".")]
     for c in candidates:
         if c in source:
             return c
+    if conversions is not None and conversions.converts:
+        raise UnsupportedModelError(
+            f"{source.where}: {conversions.model_type} checkpoints store {name!r} in another form than the loaded "
+            f"model (transformers converts them while loading); streaming reads tensors as stored: load this pair "
+            f"with offload='none'")
     raise ModelError(f"{source.where}: no tensor {name!r} in the checkpoint"
                     + (f" (nor {', '.join(repr(a) for a in aliases)})" if aliases else ""))

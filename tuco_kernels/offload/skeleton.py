@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ..core.families import Family
-from .checkpoint import TensorSource, resolve_name
+from ..errors import ModelError
+from .checkpoint import LoadConversions, TensorSource, resolve_name
 
 
 def empty_model(config, dtype: torch.dtype, attn_implementation: str | None = None) -> nn.Module:
@@ -24,9 +25,23 @@ def empty_model(config, dtype: torch.dtype, attn_implementation: str | None = No
 
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False, **kwargs)
+        except ValueError:   # a sub-config (a multimodal model's text part): the class its checkpoint names
+            model = _named_class(config)._from_config(config, dtype=dtype, **kwargs)
     model.tie_weights()  # under init_empty_weights HF leaves a tied head untied; a loaded model has it tied
     return model.eval().requires_grad_(False)
+
+
+def _named_class(config):
+    import transformers
+
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None and name.endswith("ForCausalLM"):
+            return cls
+    raise ModelError(f"{getattr(config, 'model_type', '?')}: the config names no causal-LM class transformers has "
+                     f"({getattr(config, 'architectures', None)})")
 
 
 def block_parameter_names(family: Family, model: nn.Module, layer: int) -> list[tuple[str, str]]:
@@ -61,6 +76,7 @@ def materialize_outer(model: nn.Module, family: Family, source: TensorSource, de
     """
     replacements = replacements or {}
     prefix = getattr(model, "base_model_prefix", None)
+    conversions = LoadConversions.of(model)
     placed = 0
     for group in outer_parameter_groups(family, model):
         shared = None
@@ -69,7 +85,7 @@ def materialize_outer(model: nn.Module, family: Family, source: TensorSource, de
                 tensor = replacements[name].to(device=device, dtype=dtype)
             else:
                 if shared is None:
-                    stored = resolve_name(source, name, prefix, [n for n in group if n != name])
+                    stored = resolve_name(source, name, prefix, [n for n in group if n != name], conversions)
                     host = source.read(stored)
                     shared = host.to(device=device, dtype=dtype if host.is_floating_point() else host.dtype)
                     placed += shared.numel() * shared.element_size()

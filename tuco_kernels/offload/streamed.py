@@ -14,8 +14,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..core.chain import prove_chain
 from ..core.compat import check_compatible, check_configs
-from ..core.families import Family
+from ..core.families import Family, find_family
 from ..core.pair import ModelPair
 from ..errors import TucoError
 from .checkpoint import TensorSource
@@ -76,10 +77,11 @@ def streamed_pair(pt_source: TensorSource, pc, ft_source: TensorSource | None, f
     ``pt_source`` + ``adapter``). ``tk.load_pair(..., offload=...)`` builds its sources from paths; benchmarks and
     tests can pass any :class:`~tuco_kernels.offload.checkpoint.TensorSource`."""
     device = torch.device(device)
-    family = check_configs(pc, fc)
+    check_configs(pc, fc)
     target = dtype or _stored_dtype(fc, ft_source or pt_source)
     ft_frame = empty_model(fc, target, attn_implementation)
     pt_frame = empty_model(pc, target, attn_implementation)
+    family = find_family(ft_frame)
 
     outer_replacements = {}
     if adapter is not None:
@@ -96,6 +98,11 @@ def streamed_pair(pt_source: TensorSource, pc, ft_source: TensorSource | None, f
     check_compatible(pt_frame, ft_frame, pt_tok, ft_tok)
     streamer = LayerStreamer(skeleton=ft_frame, family=family, pt_source=pt_source, ft_source=ft_source,
                              adapter=adapter, device=device, dtype=target, offload=offload, prefetch=prefetch)
+    try:   # the chain probe on the fine-tuned frame, its blocks run with their streamed weights (one pass)
+        family = prove_chain(ft_frame, family, runners=streamer.layers).family
+    except BaseException:
+        streamer.close()
+        raise
 
     return StreamedPair(pt_frame, ft_frame, ft_tok, family, offload=offload, streamer=streamer,
                         materialize_pretrained=lambda: materialize_outer(pt_frame, family, pt_source, device, target))

@@ -7,6 +7,8 @@ current one computes:
     host side        offload="cpu": every layer of both models packed in one page-locked arena per model
                      (read once at load time);  offload="disk": two reusable staging buffers per model in
                      one arena, filled from the safetensors files (checkpoint.py) by a reader thread.
+                     Blocks may differ (a dense first layer before MoE ones, attention and state-space
+                     layers): each layer has its own layout; staging buffers and slots hold the largest.
                      An arena is ordinary memory of exactly the size needed, page-locked with
                      cudaHostRegister: torch's pinned allocator would round every request up to a power
                      of two (a 634 MB bf16 13B layer would take 1 GiB, 80 GiB per model instead of 26).
@@ -38,7 +40,7 @@ import torch
 from torch.func import functional_call
 
 from ..errors import TucoError
-from .checkpoint import TensorSource, resolve_name
+from .checkpoint import LoadConversions, TensorSource, resolve_name
 from .lora import LoraAdapter
 
 _ALIGN = 64
@@ -59,8 +61,6 @@ class LayerLayout:
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: flat[o:o + n].view(dtype).view(shape) for name, dtype, shape, o, n in self.entries}
 
-    def signature(self):
-        return tuple((n, d, s) for n, d, s, _, _ in self.entries)
 
 
 @dataclass
@@ -158,25 +158,28 @@ def _run_block(block, weights, x, **kwargs):
 class _ModelHost:
     """One model's block weights on the host: every layer (offload="cpu") or two staging buffers ("disk")."""
 
-    def __init__(self, source: TensorSource, names: list[list[tuple[str, str]]], layout: LayerLayout,
-                 offload: str, pin: bool, prefix: str | None):
-        self.source, self.names, self.layout, self.offload = source, names, layout, offload
-        self.stored = [[(rel, resolve_name(source, full, prefix, [])) for rel, full in layer] for layer in names]
-        count = len(names) if offload == "cpu" else 2
-        self.arena = HostArena(count * layout.nbytes, pin)
-        self.buffers = [self.arena.tensor[i * layout.nbytes:(i + 1) * layout.nbytes] for i in range(count)]
+    def __init__(self, source: TensorSource, names: list[list[tuple[str, str]]], layouts: list[LayerLayout],
+                 offload: str, pin: bool, prefix: str | None, conversions: LoadConversions | None = None):
+        self.source, self.names, self.layouts, self.offload = source, names, layouts, offload
+        self.stored = [[(rel, resolve_name(source, full, prefix, [], conversions)) for rel, full in layer]
+                       for layer in names]
+        sizes = [lay.nbytes for lay in layouts] if offload == "cpu" else [max(lay.nbytes for lay in layouts)] * 2
+        self.arena = HostArena(sum(sizes), pin)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.buffers = [self.arena.tensor[a:a + n] for a, n in zip(starts, sizes)]
         if offload == "cpu":
             for l, buffer in enumerate(self.buffers):
                 self.fill(l, buffer)
 
     def fill(self, l: int, flat: torch.Tensor) -> int:
-        views = self.layout.views(flat)
+        views = self.layouts[l].views(flat)
         for rel, stored in self.stored[l]:
             self.source.read_into(stored, views[rel])
-        return self.layout.nbytes
+        return self.layouts[l].nbytes
 
     def host_buffer(self, l: int, slot: int) -> torch.Tensor:
-        return self.buffers[l] if self.offload == "cpu" else self.buffers[slot]
+        """Layer l's packed weights on the host (its own buffer, or the front of staging buffer ``slot``)."""
+        return self.buffers[l] if self.offload == "cpu" else self.buffers[slot][:self.layouts[l].nbytes]
 
 
 class LayerStreamer:
@@ -196,18 +199,17 @@ class LayerStreamer:
         self.n_layers = len(self.blocks)
         params = [list(b.named_parameters()) for b in self.blocks]
         names = [[(rel, f"{family.layers_path}.{l}.{rel}") for rel, _ in layer] for l, layer in enumerate(params)]
-        layouts = [LayerLayout([(rel, dtype if p.is_floating_point() else p.dtype, tuple(p.shape)) for rel, p in layer])
-                   for layer in params]
-        if any(lay.signature() != layouts[0].signature() for lay in layouts):
-            raise TucoError("decoder blocks differ in their parameters; streaming needs identical blocks")
-        self.layout = layouts[0]
+        self.layouts = [LayerLayout([(rel, dtype if p.is_floating_point() else p.dtype, tuple(p.shape))
+                                     for rel, p in layer]) for layer in params]
+        self.slot_bytes = max(lay.nbytes for lay in self.layouts)  # a slot holds the largest layer
         cuda = self.device.type == "cuda"
         prefix = getattr(skeleton, "base_model_prefix", None)
-        self.hosts = [_ModelHost(pt_source, names, self.layout, offload, cuda, prefix)]
+        conversions = LoadConversions.of(skeleton)
+        self.hosts = [_ModelHost(pt_source, names, self.layouts, offload, cuda, prefix, conversions)]
         if ft_source is not None:
-            self.hosts.append(_ModelHost(ft_source, names, self.layout, offload, cuda, prefix))
+            self.hosts.append(_ModelHost(ft_source, names, self.layouts, offload, cuda, prefix, conversions))
         self.lora = self._lora_plan(adapter, names) if adapter is not None else None
-        self.slots = ([[torch.empty(self.layout.nbytes, dtype=torch.uint8, device=self.device) for _ in range(2)]
+        self.slots = ([[torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device) for _ in range(2)]
                        for _ in self.hosts] if cuda else None)
         if cuda:
             self.copy_stream = torch.cuda.Stream(self.device)
@@ -222,8 +224,8 @@ class LayerStreamer:
 
     @property
     def layer_bytes(self) -> int:
-        """Bytes of one layer of both models as stored on the host (what crosses to the device per layer)."""
-        return self.layout.nbytes * len(self.hosts)
+        """Bytes of the largest layer of both models as stored on the host (what one slot pair holds)."""
+        return self.slot_bytes * len(self.hosts)
 
     @property
     def host_bytes(self) -> int:
@@ -240,7 +242,7 @@ class LayerStreamer:
         """Device memory held by the double buffers (slots and LoRA merge slots)."""
         if self.device.type != "cuda":
             return 0
-        merge = 2 * self.lora["layout"].nbytes if self.lora else 0
+        merge = 2 * self.lora["merge_bytes"] if self.lora else 0
         return 2 * self.layer_bytes + merge
 
     # ----------------------------------------------------------------------------------------- LoRA
@@ -264,10 +266,10 @@ class LayerStreamer:
         if outside:
             raise TucoError(f"{adapter.directory}: LoRA targets {outside[0]!r}, which is not a decoder-block weight; "
                             f"streaming merges block weights only (load this pair with offload='none')")
-        adapted = set().union(*deltas)
-        merged = LayerLayout([(rel, self.dtype, shape) for rel, _, shape, _, _ in self.layout.entries
-                              if rel in adapted])
-        return {"deltas": deltas, "replaced": replaced, "layout": merged, "merge_slots": None}
+        merged = [LayerLayout([(rel, self.dtype, shape) for rel, _, shape, _, _ in layout.entries if rel in adapted])
+                  for layout, adapted in zip(self.layouts, deltas)]
+        return {"deltas": deltas, "replaced": replaced, "layouts": merged, "merge_slots": None,
+                "merge_bytes": max(lay.nbytes for lay in merged)}
 
     def _lora_weights(self, l: int, pt: dict, slot: int) -> dict:
         """Fine-tuned weights of layer l from the pre-trained ones: merged deltas, replacements, the rest shared."""
@@ -275,9 +277,9 @@ class LayerStreamer:
         ft.update(self.lora["replaced"][l])
         if self.lora["deltas"][l]:
             if self.lora["merge_slots"] is None:
-                self.lora["merge_slots"] = [torch.empty(self.lora["layout"].nbytes, dtype=torch.uint8,
+                self.lora["merge_slots"] = [torch.empty(self.lora["merge_bytes"], dtype=torch.uint8,
                                                         device=self.device) for _ in range(2)]
-            views = self.lora["layout"].views(self.lora["merge_slots"][slot])
+            views = self.lora["layouts"][l].views(self.lora["merge_slots"][slot])
             for rel, delta in self.lora["deltas"][l].items():
                 views[rel].copy_(delta.merge(pt[rel]))
                 ft[rel] = views[rel]
@@ -299,7 +301,7 @@ class LayerStreamer:
                 prof.seconds_read += time.perf_counter() - t0
                 prof.bytes_read += n
         if not cuda:
-            weights = [h.layout.views(h.host_buffer(l, s)) for h in self.hosts]
+            weights = [self.layouts[l].views(h.host_buffer(l, s)) for h in self.hosts]
         else:
             # without prefetch the copy runs on the compute stream itself: nothing overlaps (the baseline)
             stream = self.copy_stream if self._prefetching else torch.cuda.current_stream(self.device)
@@ -310,14 +312,15 @@ class LayerStreamer:
                 if prof is not None:
                     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     start.record(stream)
+                n = self.layouts[l].nbytes
                 for h, slots in zip(self.hosts, self.slots):
-                    slots[s].copy_(h.host_buffer(l, s), non_blocking=True)
+                    slots[s][:n].copy_(h.host_buffer(l, s), non_blocking=True)
                 if prof is not None:
                     end.record(stream)
                     prof._pending.append(("h2d", start, end))
-                    prof.bytes_h2d += self.layer_bytes
+                    prof.bytes_h2d += n * len(self.hosts)
                 self.staged[s].record(stream)
-                weights = [self.layout.views(slots[s]) for slots in self.slots]
+                weights = [self.layouts[l].views(slots[s]) for slots in self.slots]
                 if self.lora is not None:
                     weights.append(self._lora_weights(l, weights[0], s))
                 self.ready[s].record(stream)
