@@ -27,7 +27,7 @@ from .core.engine import layer_alphas
 from .core.metrics import contribution_ratio, tuco_from_sums
 from .errors import TucoError
 
-_CACHE_ARG_NAMES = ("past_key_values", "past_key_value", "layer_past")
+_CACHE_ARG_NAMES = ("cache", "past_key_values", "past_key_value", "layer_past")   # transformers ≥ 5.24: cache
 
 
 class Probe:

@@ -17,6 +17,8 @@ turn with the template itself. ``token_ids`` keep the stop token; ``text`` is de
 
 from __future__ import annotations
 
+import inspect
+
 import zlib
 from array import array
 from contextlib import nullcontext
@@ -116,6 +118,8 @@ class _Cached:
         steer = any(a != 1.0 for a in alphas)
         self.context = attach(pair.finetuned, pair.pretrained, alphas, backend=backend, family=pair.family) if steer else nullcontext()
         self.cache = None
+        # transformers 5.24 renamed the forward's past_key_values to cache (the old name warns, then goes in 5.40)
+        self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def first(self, ids, mask):
         return self._run(ids, mask, position_ids_from_mask(mask))
@@ -125,9 +129,9 @@ class _Cached:
         return self._run(nxt[:, None], mask, position)
 
     def _run(self, ids, mask, position_ids):
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=self.cache,
-                         use_cache=True, logits_to_keep=1)
-        self.cache = out.past_key_values
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                         logits_to_keep=1, **{self.cache_arg: self.cache})
+        self.cache = out[self.cache_arg] if self.cache_arg in out else out.past_key_values
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
 

@@ -245,7 +245,14 @@ class LoadConversions:
         return cls(model_type, tuple(renames), converts)
 
     def stored_names(self, name: str) -> list[str]:
-        return [name.replace(target, stored) for target, stored in self.renames if target in name]
+        """Names ``name`` may have in the checkpoint: each rename undone alone, and all of them undone in reverse
+        order of loading (transformers ≥ 5.24 stores exaone as ``transformer.h.0.attn.attention.out_proj``, which
+        three renames turn into ``model.layers.0.self_attn.o_proj``)."""
+        names = [name.replace(target, stored) for target, stored in self.renames if target in name]
+        chained = name
+        for target, stored in reversed(self.renames):
+            chained = chained.replace(target, stored)
+        return names + ([chained] if chained != name and chained not in names else [])
 
 
 def resolve_name(source: TensorSource, name: str, model_prefix: str | None, aliases: list[str],
