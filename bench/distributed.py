@@ -1,4 +1,4 @@
-"""Sharded scoring on several processes (tuco_kernels/dataset.py, distributed.py): scaling, host memory, merge.
+"""Sharded scoring on several processes (tuco_kernels/dataset/): scaling, host memory, merge.
 
     python bench/distributed.py                    # all three parts (CPU: about 3 minutes on 2 cores)
     python bench/distributed.py --part scaling     # prompts/s, 1 process vs 2 (torchrun), same prompts
@@ -114,7 +114,7 @@ def worker(spec: dict) -> None:
     import torch
 
     import tuco_kernels as tk
-    from tuco_kernels.distributed import connect, device_for_rank, dist_env
+    from tuco_kernels.dataset import connect, device_for_rank, dist_env
     from tuco_kernels.prompts.records import read_prompt_file
 
     t_start = spec["t_launch"]
@@ -253,10 +253,12 @@ def part_memory(args, tmp: Path) -> list[dict]:
 def part_merge(args, tmp: Path) -> list[dict]:
     import pyarrow as pa
 
-    from tuco_kernels import dataset as ds
+    from tuco_kernels.dataset.layout import ROW, Layout
+    from tuco_kernels.dataset.merge import merge_shards
+    from tuco_kernels.dataset.scoring import write_shard
 
     n_rows, n_shards, n_layers = args.merge_rows, args.merge_shards, 18
-    layout = ds.Layout(tmp / "merge", n_shards)
+    layout = Layout(tmp / "merge", n_shards)
     layout.make()
     rng = np.random.default_rng(0)
     order = rng.permutation(n_rows)  # shards hold rows in length order, not input order
@@ -267,11 +269,11 @@ def part_merge(args, tmp: Path) -> list[dict]:
             pa.list_(pa.float64())) for name in ("ptc_l1", "ftc_l1", "beta")}
         tuco = rng.random(m)
         table = pa.table({"id": pa.array([f"prompt-{i}" for i in rows]), "tuco": tuco, "preco": 1 - tuco,
-                          "n_tokens": rng.integers(5, 500, m), **lists, ds.ROW: pa.array(rows, pa.int64())})
-        ds.write_shard(layout, k, table, {"k": k})
+                          "n_tokens": rng.integers(5, 500, m), **lists, ROW: pa.array(rows, pa.int64())})
+        write_shard(layout, k, table, {"k": k})
     made = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ds.merge_shards(layout, n_shards, n_rows)
+    merge_shards(layout, n_shards, n_rows)
     seconds = time.perf_counter() - t0
     size = layout.scores().stat().st_size
     print(f"merge: {n_rows:,} rows from {n_shards} shards in {seconds:.1f} s ({size / 2**20:.0f} MiB Parquet; "
@@ -280,7 +282,7 @@ def part_merge(args, tmp: Path) -> list[dict]:
     extra = {}
     if args.merge_csv:
         t0 = time.perf_counter()
-        ds.merge_shards(layout, n_shards, n_rows, formats=("csv",))
+        merge_shards(layout, n_shards, n_rows, formats=("csv",))
         extra["with_csv_s"] = round(time.perf_counter() - t0, 2)
         print(f"merge with scores.csv too: {extra['with_csv_s']:.1f} s")
     row = dict(provenance("cpu"), rows=n_rows, shards=n_shards, layers=n_layers, merge_s=round(seconds, 2),

@@ -23,8 +23,7 @@ LAYERS = [
     ("offload", ["tuco_kernels.offload"]),
     ("loading and prompts", ["tuco_kernels.models", "tuco_kernels.prompts"]),
     ("api", ["tuco_kernels.attach", "tuco_kernels.generate", "tuco_kernels.result", "tuco_kernels.score",
-             "tuco_kernels.steer", "tuco_kernels.report", "tuco_kernels.dataset", "tuco_kernels.distributed",
-             "tuco_kernels.fingerprint"]),
+             "tuco_kernels.steer", "tuco_kernels.report", "tuco_kernels.dataset"]),
     ("command line", ["tuco_kernels.cli", "tuco_kernels.__main__"]),
     ("package face", ["tuco_kernels"]),
 ]

@@ -16,9 +16,16 @@ from safetensors.torch import load_file, save_file
 import tuco_kernels as tk
 from tests.fixtures.pairs import CORPUS, make_pair_models
 from tests.fixtures.tiny import perturbed_copy
-from tuco_kernels import dataset as ds
 from tuco_kernels.cli import main
-from tuco_kernels.fingerprint import directory_identity
+from tuco_kernels.dataset import merge
+from tuco_kernels.dataset import run as run_module
+from tuco_kernels.dataset.identity import directory_identity
+from tuco_kernels.dataset.layout import ROW, Layout
+from tuco_kernels.dataset.merge import merge_shards
+from tuco_kernels.dataset.plan import make_plan
+from tuco_kernels.dataset.progress import Progress
+from tuco_kernels.dataset.scoring import write_shard
+from tuco_kernels.dataset.tokens import tokenize_all
 from tuco_kernels.prompts.output import write_records
 from tuco_kernels.score import plan_batches
 
@@ -51,15 +58,15 @@ def same_rows(merged, result) -> None:
                               np.array(b, dtype=object if name == "id" else None)), name
 
 
-def stamps(layout: ds.Layout) -> dict:
+def stamps(layout: Layout) -> dict:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(layout.shards.glob("*.parquet"))}
 
 
 def test_shards_hold_whole_micro_batches_of_score(pair):
     """The shards are score()'s own micro-batches, consecutive and whole, within the token budget."""
     prompts = prompts_for()
-    records, tokens = ds.tokenize_all(pair, prompts, chat=False, system_prompt=None)
-    plan = ds.make_plan(pair, records, tokens, alpha=1.0, chat=False, system_prompt=None, batch_tokens=160,
+    records, tokens = tokenize_all(pair, prompts, chat=False, system_prompt=None)
+    plan = make_plan(pair, records, tokens, alpha=1.0, chat=False, system_prompt=None, batch_tokens=160,
                         layers=False, token_map=False, output_co=False, backend=None, max_gpu_memory=None,
                         sweep_tokens=None, shard_tokens=500)
     _, batches = plan_batches(pair, [tokens[i].tolist() for i in range(len(tokens))], batch_tokens=160,
@@ -73,7 +80,7 @@ def test_shards_hold_whole_micro_batches_of_score(pair):
 
 def test_same_numbers_as_score_and_resume_skips_finished_shards(pair, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    monkeypatch.setattr(ds, "MERGE_CHUNK", 7)  # .csv / .jsonl written in pieces
+    monkeypatch.setattr(merge, "MERGE_CHUNK", 7)  # .csv / .jsonl written in pieces
     run = tk.score_dataset(pair, prompts_for(), out, shard_tokens=400, formats=["csv", "jsonl"], **OPTS)
     assert run.complete and run.scored == list(range(run.n_shards)) and run.n_shards > 3
     same_rows(pq.read_table(out / "scores.parquet"), reference)
@@ -86,7 +93,7 @@ def test_same_numbers_as_score_and_resume_skips_finished_shards(pair, reference,
     assert plan["n_shards"] == run.n_shards and plan["fingerprint"]["layers"] is True
 
     # lose two shards and the merged output; everything else must be left alone
-    layout = ds.Layout(out, run.n_shards)
+    layout = Layout(out, run.n_shards)
     for k in (1, 3):
         layout.shard(k).unlink()
     (out / "scores.parquet").unlink()
@@ -107,7 +114,7 @@ def test_interrupted_run_resumes_to_the_same_output(pair, reference, tmp_path, m
     """A run stopped while writing its third shard (a half-written temporary file left behind, as after a
     SIGKILL) resumes: the partial file is cleared, finished shards are kept, the output is the same."""
     out = tmp_path / "out"
-    real = ds.write_shard
+    real = run_module.write_shard
     calls = []
 
     def dying(layout, k, table, meta):
@@ -117,11 +124,11 @@ def test_interrupted_run_resumes_to_the_same_output(pair, reference, tmp_path, m
             raise KeyboardInterrupt
         return real(layout, k, table, meta)
 
-    monkeypatch.setattr(ds, "write_shard", dying)
+    monkeypatch.setattr(run_module, "write_shard", dying)
     with pytest.raises(KeyboardInterrupt):
         tk.score_dataset(pair, prompts_for(), out, shard_tokens=400, **OPTS)
-    monkeypatch.setattr(ds, "write_shard", real)
-    layout = ds.Layout(out, 99)
+    monkeypatch.setattr(run_module, "write_shard", real)
+    layout = Layout(out, 99)
     before = stamps(layout)
     assert len(before) == 2 and not (out / "scores.parquet").exists() and not (out / "_SUCCESS").exists()
     run = tk.score_dataset(pair, prompts_for(), out, shard_tokens=400, **OPTS)
@@ -133,23 +140,23 @@ def test_interrupted_run_resumes_to_the_same_output(pair, reference, tmp_path, m
 
 def test_failed_shard_is_recorded_the_others_finish_and_a_rerun_retries_it(pair, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real = ds.score_shard
+    real = run_module.score_shard
 
     def flaky(pair_, shard, *a, **kw):
         if shard.k == 1:
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(pair_, shard, *a, **kw)
 
-    monkeypatch.setattr(ds, "score_shard", flaky)
+    monkeypatch.setattr(run_module, "score_shard", flaky)
     with pytest.raises(tk.ShardsFailed, match="1 of .* shards failed"):
         tk.score_dataset(pair, prompts_for(), out, shard_tokens=400, **OPTS)
-    layout = ds.Layout(out, 99)
+    layout = Layout(out, 99)
     record = json.loads(layout.error(1).read_text())
     assert "simulated" in record["error"] and "Traceback" in record["traceback"]
     n = json.loads((out / "plan.json").read_text())["n_shards"]
     assert len(stamps(layout)) == n - 1 and not (out / "scores.parquet").exists()
 
-    monkeypatch.setattr(ds, "score_shard", real)
+    monkeypatch.setattr(run_module, "score_shard", real)
     run = tk.score_dataset(pair, prompts_for(), out, shard_tokens=400, **OPTS)
     assert run.scored == [1] and not layout.error(1).exists()
     same_rows(pq.read_table(out / "scores.parquet"), reference)
@@ -190,19 +197,19 @@ def test_model_identity_follows_the_bytes_not_the_path(pair, tmp_path):
 
 
 def test_merge_refuses_duplicate_or_missing_rows(tmp_path):
-    layout = ds.Layout(tmp_path, 2)
+    layout = Layout(tmp_path, 2)
     layout.make()
     for k, rows in enumerate(([0, 1], [1, 2])):
-        ds.write_shard(layout, k, pa.table({"id": rows, "tuco": [0.5] * 2, ds.ROW: rows}), {})
+        write_shard(layout, k, pa.table({"id": rows, "tuco": [0.5] * 2, ROW: rows}), {})
     with pytest.raises(tk.TucoError, match="4 rows for 3 prompts"):
-        ds.merge_shards(layout, 2, 3)
+        merge_shards(layout, 2, 3)
 
 
 def test_progress_counts_the_resumed_part():
     import io
 
     stream = io.StringIO()
-    bar = ds.Progress(1000, 100_000, 400, 40_000, enabled=True, stream=stream, every=0)
+    bar = Progress(1000, 100_000, 400, 40_000, enabled=True, stream=stream, every=0)
     bar.t0 -= 10
     bar.update(500, 50_000)
     line = stream.getvalue()
@@ -237,7 +244,7 @@ def test_resume_with_streamed_weights_is_the_same_run(pair, tokenizer, reference
     out = tmp_path / "out"
     resident = tk.load_pair(tmp_path / "pt", tmp_path / "ft", tokenizer=tokenizer)
     run = tk.score_dataset(resident, prompts_for(), out, shard_tokens=400, **OPTS)
-    layout = ds.Layout(out, run.n_shards)
+    layout = Layout(out, run.n_shards)
     for k in (0, run.n_shards - 1):
         layout.shard(k).unlink()
     with tk.load_pair(tmp_path / "pt", tmp_path / "ft", tokenizer=tokenizer, offload="disk") as streamed:

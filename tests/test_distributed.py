@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tuco_kernels.distributed import (Coordinator, DistEnv, RankLost, RunAborted, StoreCoordinator, device_for_rank,
-                                      dist_env)
+from tuco_kernels.dataset.coordinator import (Coordinator, DistEnv, RankLost, RunAborted, StoreCoordinator,
+                                              device_for_rank, dist_env)
 from tuco_kernels.errors import TucoError
 
 

@@ -14,10 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..dataset import DEFAULT_SHARD_TOKENS, EXTRA_FORMATS, ShardsFailed, check_plan, score_dataset
-from ..distributed import DEFAULT_TIMEOUT_S, RankLost, RunAborted, connect, device_for_rank, dist_env
+from ..dataset import (DEFAULT_SHARD_TOKENS, DEFAULT_TIMEOUT_S, EXTRA_FORMATS, RankLost, RunAborted, ShardsFailed,
+                       check_plan, connect, device_for_rank, dist_env, score_dataset, sources_identity)
 from ..errors import TucoError
-from ..fingerprint import sources_identity
 from ..models.load import choose_offload
 from ..models.sources import parse_dtype
 from .console import EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import TucoError
-from .offload.checkpoint import Checkpoint, ModuleTensors, read_header
+from ..errors import TucoError
+from ..offload.checkpoint import Checkpoint, ModuleTensors, read_header
 
 SAMPLE_BYTES = 4096        # per tensor, at its start and at its middle
 SAMPLE_VALUES = 512        # per parameter of a model object, at its start and middle

@@ -29,7 +29,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import TucoError
+from ..errors import TucoError
 
 HEARTBEAT_S = 2.0
 POLL_S = 0.2
