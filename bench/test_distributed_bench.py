@@ -1,5 +1,5 @@
 """bench/distributed.py's merge part runs and records its row (small sizes); the scaling and memory parts start
-torchrun jobs (minutes) and are exercised by tests/test_dataset_processes.py's torchrun runs of the same code."""
+torchrun jobs (minutes) and are exercised by tests/dataset/test_processes.py's torchrun runs of the same code."""
 
 import csv
 import os

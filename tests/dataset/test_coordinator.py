@@ -1,5 +1,5 @@
-"""The ranks' coordinator (tuco_kernels/distributed.py) in one process: two ranks as threads on a real env://
-rendezvous store. Whole runs under torchrun are in test_dataset_processes.py."""
+"""The ranks' coordinator (tuco_kernels/dataset/coordinator.py) in one process: two ranks as threads on a real
+env:// rendezvous store. Whole runs under torchrun are in test_processes.py."""
 
 from __future__ import annotations
 

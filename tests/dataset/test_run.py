@@ -1,6 +1,6 @@
-"""Sharded, resumable scoring in one process (tuco_kernels/dataset.py): the same numbers as tk.score, whole
+"""Sharded, resumable scoring in one process (tuco_kernels/dataset/run.py): the same numbers as tk.score, whole
 micro-batches per shard, resume without rescoring or duplicates, refusal of a changed run, failed shards retried.
-The many-process and killed-process tests are in test_distributed.py."""
+The many-process and killed-process tests are in test_processes.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Many processes and killed processes (tuco_kernels/distributed.py, dataset.py), on CPU: torchrun with two ranks
+"""Many processes and killed processes (tuco_kernels/dataset/coordinator.py, run.py), on CPU: torchrun with two ranks
 gives tk.score's numbers bit for bit; a run killed with SIGKILL after its first shard resumes without rewriting
 what was finished; a rank that dies makes the job fail within its timeout, and a relaunch completes it.
 
@@ -25,7 +25,7 @@ import tuco_kernels as tk
 from tests.fixtures.pairs import CORPUS, make_pair_models
 from tuco_kernels.prompts.records import read_prompt_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 N_PROMPTS = 400
 ARGS = ["--batch-tokens", "256", "--shard-tokens", "400", "--layers", "--no-progress"]
