@@ -5,13 +5,11 @@ The many-process and killed-process tests are in test_processes.py."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from safetensors.torch import load_file, save_file
 
 import tuco_kernels as tk
 from tests.fixtures.pairs import CORPUS, make_pair_models
@@ -19,12 +17,8 @@ from tests.fixtures.tiny import perturbed_copy
 from tuco_kernels.cli import main
 from tuco_kernels.dataset import merge
 from tuco_kernels.dataset import run as run_module
-from tuco_kernels.dataset.identity import directory_identity
-from tuco_kernels.dataset.layout import ROW, Layout
-from tuco_kernels.dataset.merge import merge_shards
+from tuco_kernels.dataset.layout import Layout
 from tuco_kernels.dataset.plan import make_plan
-from tuco_kernels.dataset.progress import Progress
-from tuco_kernels.dataset.scoring import write_shard
 from tuco_kernels.dataset.tokens import tokenize_all
 from tuco_kernels.prompts.output import write_records
 from tuco_kernels.score import plan_batches
@@ -182,39 +176,6 @@ def test_a_changed_run_is_refused_naming_the_field(pair, tokenizer, tmp_path, ch
         tk.score_dataset(other, prompts, out, **kwargs)
     # what does not change numbers is not part of the fingerprint
     tk.score_dataset(pair, prompts_for(8), out, schedule="layer", progress=True, **dict(OPTS, shard_tokens=400))
-
-
-def test_model_identity_follows_the_bytes_not_the_path(pair, tmp_path):
-    pair.pretrained.save_pretrained(tmp_path / "a")
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    assert directory_identity(tmp_path / "a")["sha256"] == directory_identity(tmp_path / "b")["sha256"]
-    file = tmp_path / "b" / "model.safetensors"
-    tensors = load_file(file)
-    name = sorted(n for n in tensors if "layers.2.mlp" in n)[0]
-    tensors[name] = tensors[name] + 1e-3
-    save_file(tensors, file, metadata={"format": "pt"})
-    assert directory_identity(tmp_path / "a")["sha256"] != directory_identity(tmp_path / "b")["sha256"]
-
-
-def test_merge_refuses_duplicate_or_missing_rows(tmp_path):
-    layout = Layout(tmp_path, 2)
-    layout.make()
-    for k, rows in enumerate(([0, 1], [1, 2])):
-        write_shard(layout, k, pa.table({"id": rows, "tuco": [0.5] * 2, ROW: rows}), {})
-    with pytest.raises(tk.TucoError, match="4 rows for 3 prompts"):
-        merge_shards(layout, 2, 3)
-
-
-def test_progress_counts_the_resumed_part():
-    import io
-
-    stream = io.StringIO()
-    bar = Progress(1000, 100_000, 400, 40_000, enabled=True, stream=stream, every=0)
-    bar.t0 -= 10
-    bar.update(500, 50_000)
-    line = stream.getvalue()
-    assert "500/1,000 prompts (50.0 %, 400 from earlier runs)" in line and "1,000 tokens/s" in line
-    assert "ETA 50 s" in line
 
 
 def test_command_line_directory_out(pair, tokenizer, tmp_path, capsys):
