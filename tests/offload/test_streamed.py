@@ -78,6 +78,19 @@ def test_many_sweeps_token_maps_alpha_and_no_prefetch(saved_pairs, tokenizer, of
         pair.close()
 
 
+def test_a_closed_pair_is_refused_by_name_and_can_be_used_until_then(saved_pairs, tokenizer, tmp_path):
+    pair = _resident(saved_pairs["llama"], tokenizer, offload="disk")
+    first = tk.score(pair, PROMPTS, chat=False).tuco
+    assert (tk.score(pair, PROMPTS, chat=False).tuco == first).all()    # a pair streams any number of passes
+    pair.close()
+    pair.close()                                                        # closing twice is harmless
+    for call in (lambda: tk.score(pair, PROMPTS, chat=False),
+                 lambda: tk.score_dataset(pair, PROMPTS, tmp_path / "run", chat=False)):
+        with pytest.raises(TucoError, match=r"streamed pair was closed \(pair.close\(\)\)"):
+            call()
+    assert not (tmp_path / "run" / "errors").exists()                   # refused before any shard, not a failed shard
+
+
 def test_steering_and_generation_with_streamed_weights(saved_pairs, tokenizer):
     d = saved_pairs["qwen3"]
     resident, streamed = _resident(d, tokenizer), _resident(d, tokenizer, offload="disk")

@@ -37,8 +37,15 @@ class StreamedPair(ModelPair):
         super().__init__(pretrained, finetuned, tokenizer, family)
         self.offload, self.streamer = offload, streamer
         self._materialize_pretrained: Callable[[], object] | None = materialize_pretrained
+        self.closed = False
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise TucoError("this streamed pair was closed (pair.close()): its reader thread, page-locked memory and "
+                            "files are released; load it again with tk.load_pair to score with it")
 
     def layers(self, profile=None):
+        self._check_open()
         return self.streamer.layers(profile)
 
     def pretrained_frame(self) -> nn.Module:
@@ -49,11 +56,14 @@ class StreamedPair(ModelPair):
 
     def device_bytes(self, *, own_pt: bool = False) -> int:
         """The streamer's slots (two layers of both models, LoRA merge slots) and the frames' outer parts."""
+        self._check_open()
         outer = sum(p.numel() * p.element_size() for p in self.finetuned.parameters() if not p.is_meta)
         return self.streamer.device_bytes + outer * (2 if own_pt else 1)
 
     def close(self) -> None:
-        self.streamer.close()
+        if not self.closed:
+            self.closed = True
+            self.streamer.close()
 
 
 def _stored_dtype(config, source) -> torch.dtype:
