@@ -44,3 +44,17 @@ def test_gpu_check_refuses_to_run_without_a_gpu():
     proc = subprocess.run([sys.executable, str(HERE / "gpu_check.py"), "--phase", "tests"], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "no CUDA device is visible" in proc.stderr
+
+
+def test_every_file_a_gpu_phase_runs_exists():
+    """The GPU phases name test files and scripts that exist (a moved test once made the real run fail at once,
+    which the dry run, taking another slice, did not show)."""
+    sys.path.insert(0, str(HERE))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(HERE))
+    root = HERE.parent
+    named = {arg for phase in gpu_check.PHASES for _, cmd, _, _ in gpu_check.steps(phase, dry=False)
+             for arg in cmd if arg.startswith(("tests", "bench/"))}
+    assert named and all((root / arg).exists() for arg in named), sorted(a for a in named if not (root / a).exists())
