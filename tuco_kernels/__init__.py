@@ -19,6 +19,7 @@ from .generate import generate
 from .models import default_pair
 from .models.load import load_pair
 from .offload.streamed import StreamedPair
+from .prompts.records import read_prompt_file as read_prompts
 from .prompts.templates import PAPER_TEMPLATES, use_paper_template
 from .result import RunInfo, TuCoResult
 from .score import score
@@ -27,4 +28,4 @@ from .steer import steer
 __all__ = ["attach", "generate", "load_pair", "score", "score_dataset", "steer", "DatasetRun", "PlanMismatch",
            "ShardsFailed", "ModelPair", "ResidentPair", "StreamedPair",
            "TuCoResult", "RunInfo", "TucoError", "IncompatiblePairError", "UnsupportedModelError",
-           "prove_chain", "PAPER_TEMPLATES", "use_paper_template", "default_pair", "__version__"]
+           "prove_chain", "read_prompts", "PAPER_TEMPLATES", "use_paper_template", "default_pair", "__version__"]

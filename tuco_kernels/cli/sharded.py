@@ -37,13 +37,13 @@ def _formats(text: str) -> list[str]:
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
     """The options of ``tuco score --out DIR/``."""
-    p.add_argument("--shard-tokens", type=int, default=None,
+    p.add_argument("--shard-tokens", type=int, default=None, metavar="N",
                    help=f"with --out DIR/: padded tokens per shard file (default {DEFAULT_SHARD_TOKENS})")
-    p.add_argument("--also", type=_formats, default=[], metavar="csv,jsonl",
-                   help="with --out DIR/: merge into scores.csv / scores.jsonl too (scores.parquet always)")
-    p.add_argument("--rank-timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                   help=f"with several processes: seconds without a heartbeat before a rank counts as dead and the "
-                        f"job fails (default {DEFAULT_TIMEOUT_S:.0f})")
+    p.add_argument("--also", type=_formats, default=None, metavar="csv,jsonl",
+                   help="with --out DIR/: merge into scores.csv / scores.jsonl too (scores.parquet always; default: neither)")
+    p.add_argument("--rank-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="with several processes: seconds without a heartbeat before a rank counts as dead and the "
+                        "job fails")
 
 
 def check_file_out_args(args) -> None:
@@ -99,7 +99,7 @@ def cmd_score_dataset(args, load) -> int:
                             system_prompt=args.system_prompt, batch_tokens=args.batch_tokens, layers=args.layers,
                             output_co=args.output_co, backend=args.backend, schedule=args.schedule,
                             max_gpu_memory=args.max_gpu_memory, sweep_tokens=args.sweep_tokens,
-                            shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, formats=args.also,
+                            shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, formats=args.also or (),
                             progress=not args.no_progress, coordinator=coord, truncate=args.truncate,
                             token_map=args.token_map)
         pair.close()

@@ -26,6 +26,7 @@ def chat_tokenizer(base_dir: Path | None = None):
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir or assets.base_model_dir())
     tokenizer.chat_template = CHAT_TEMPLATE.read_text(encoding="utf-8")
+    tokenizer.display_name = f"the default pair ({NAME})"   # how a run names it (prompts.tokenize.rendering)
     return tokenizer
 
 

@@ -10,6 +10,8 @@ one, and as raw text when it has none; ``chat=True`` insists on the template, ``
 
 from __future__ import annotations
 
+import re
+
 from ..errors import OptionError, PromptError
 from .records import Prompt, normalize_prompts
 
@@ -32,9 +34,24 @@ def use_chat(tokenizer, chat: bool | None) -> bool:
     return bool(chat)
 
 
+_HUB_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<commit>[0-9a-f]{12})[0-9a-f]*/?$")
+
+
+def tokenizer_name(tokenizer) -> str:
+    """A tokenizer as a reader knows it: its ``display_name`` (the default pair's), the hub id and commit of a
+    Hugging Face cache snapshot, else the folder it was loaded from."""
+    if getattr(tokenizer, "display_name", None):
+        return tokenizer.display_name
+    path = getattr(tokenizer, "name_or_path", None) or ""
+    hub = _HUB_SNAPSHOT.search(path)
+    if hub:
+        return f"{hub['org']}/{hub['name']}@{hub['commit']}"
+    return path or "the fine-tuned tokenizer"
+
+
 def rendering(tokenizer, chat: bool | None, system_prompt: str | None = None) -> str:
     """How text prompts are rendered, in words (printed by the CLI, kept in ``RunInfo.rendering``)."""
-    name = getattr(tokenizer, "name_or_path", None) or "the fine-tuned tokenizer"
+    name = tokenizer_name(tokenizer)
     if use_chat(tokenizer, chat):
         system = f", system prompt {system_prompt!r}" if system_prompt else ""
         return f"chat template of {name}, user turn{system}"
