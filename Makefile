@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)   # the venv's ninja (and tools) for 
 HASH  := $(shell cat requirements.txt constraints.txt setup.py tuco_kernels/ops/build_config.py csrc/* | sha256sum | cut -c1-16)
 STAMP := .venv/.installed-$(HASH)
 
-.PHONY: venv test demo studies bench gpu-check clean
+.PHONY: venv test quick-test demo studies bench gpu-check clean
 venv: $(STAMP)
 
 $(STAMP):
@@ -18,6 +18,9 @@ $(STAMP):
 
 test: venv
 	$(PY) -m pytest tests bench -q -rs --benchmark-disable --durations=15
+
+quick-test: venv   # the quick loop: neither slow nor needing a pinned wheel
+	$(PY) -m pytest tests -q -m "not slow and not network" --benchmark-disable
 
 demo: venv
 	$(PY) -m tuco_research.demo

@@ -5,9 +5,7 @@ files as relative symlinks into blobs/), and the resolver is huggingface_hub's `
 ``HF_HUB_OFFLINE=1`` (set by conftest): nothing here mocks the resolution.
 """
 
-import hashlib
 import json
-import os
 
 import pytest
 from huggingface_hub import constants
@@ -18,23 +16,10 @@ from tuco_kernels.errors import TucoError
 from tuco_kernels.models.hub import HubModel, is_hub_id
 from tuco_kernels.result import run_metadata
 
+from tests.fixtures.hub_cache import cache_folder
 from tests.fixtures.pairs import PROMPTS, make_pair_models
 
 COMMITS = {"pt": "1" * 40, "ft": "2" * 40}
-
-
-def _cache_repo(cache, repo_id: str, commit: str, files: dict) -> None:
-    """One model repo in huggingface_hub's cache layout: blobs by content hash, refs/main, a snapshot of links."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for name, data in files.items():
-        blob = hashlib.sha256(data).hexdigest()
-        (repo / "blobs" / blob).write_bytes(data)
-        os.symlink(os.path.join("..", "..", "blobs", blob), snapshot / name)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +36,7 @@ def saved_pair(tmp_path_factory, tokenizer):
 def hub_cache(tmp_path, saved_pair, monkeypatch):
     cache = tmp_path / "hub"
     for side in ("pt", "ft"):
-        files = {p.name: p.read_bytes() for p in (saved_pair / side).iterdir() if p.is_file()}
-        _cache_repo(cache, f"tiny-org/llama-{side}", COMMITS[side], files)
+        cache_folder(cache, f"tiny-org/llama-{side}", COMMITS[side], saved_pair / side)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     assert constants.HF_HUB_OFFLINE, "conftest sets HF_HUB_OFFLINE=1 before huggingface_hub is imported"
     return cache
