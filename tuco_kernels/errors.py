@@ -7,6 +7,9 @@ in one line, keeps the traceback in a file and asks for a report.
 """
 
 
+import numbers
+
+
 class TucoError(ValueError):
     """A problem with the user's input: a file, a prompt, a model field or an option. The message names it."""
 
@@ -42,3 +45,11 @@ class UnsupportedModelError(ModelError):
 
 class DeviceMemoryError(TucoError):
     """Device memory ran out even for a single prompt, or a memory budget cannot hold the work."""
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int when it is a whole number ≥ 1 (an int or numpy integer, not a bool, float or string);
+    otherwise an :class:`OptionError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise OptionError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

@@ -28,9 +28,9 @@ import torch
 from .attach import attach
 from .core.capture import position_ids_from_mask
 from .core.engine import decompose_batch, layer_alphas
-from .errors import TucoError
+from .errors import PromptError, TucoError, positive_int
 from .prompts.batching import make_batches
-from .prompts.tokenize import pad_id_of, prepare, use_chat
+from .prompts.tokenize import max_positions, pad_id_of, prepare, use_chat
 
 DEFAULT_BATCH_TOKENS = 4096
 
@@ -172,6 +172,19 @@ def _decode(stepper, ids, mask, *, max_new_tokens, stop, pad, pick) -> list[list
 
 
 @torch.no_grad()
+def prepare_generation(pair, prompts, max_new_tokens: int, *, chat=None, system_prompt=None):
+    """Prompts and their token ids, each checked to leave room for ``max_new_tokens`` in the model's positions
+    (a model with learned positions would otherwise fail inside its embedding at the first token past the end)."""
+    records, token_lists = prepare(pair, prompts, chat=chat, system_prompt=system_prompt)
+    limit = max_positions(pair.finetuned.config)
+    for rec, ids in zip(records, token_lists):
+        if limit is not None and len(ids) + max_new_tokens > limit:
+            raise PromptError(f"{rec.where} (id {rec.id!r}): {len(ids)} tokens + max_new_tokens {max_new_tokens} "
+                              f"(--max-new-tokens) exceed the model's {limit} positions; ask for at most "
+                              f"{max(limit - len(ids), 0)} new tokens, or shorten the prompt")
+    return records, token_lists
+
+
 def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
              seed: int | None = None, use_cache: bool | None = None, chat: bool | None = None,
@@ -191,20 +204,18 @@ def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: b
     Returns one record per prompt and sample, prompts in input order and samples within each:
     ``{"id", "sample", "text", "token_ids"}``.
     """
-    if max_new_tokens < 1:
-        raise TucoError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
     if do_sample and not temperature > 0:
         raise TucoError("temperature must be positive")
     if not 0 < top_p <= 1:
         raise TucoError(f"top_p must be in (0, 1], got {top_p}")
-    if num_samples < 1:
-        raise TucoError(f"num_samples must be at least 1, got {num_samples}")
+    num_samples = positive_int("num_samples", num_samples)
     if use_cache is None:
         use_cache = pair.resident
     if use_cache and not pair.resident:
         raise TucoError(f"use_cache=True needs both models resident (it runs the fine-tuned model's own forward); "
                         f"this pair streams its weights (offload={pair.offload!r}): use use_cache=False")
-    records, token_lists = prepare(pair, prompts, chat=chat, system_prompt=system_prompt)
+    records, token_lists = prepare_generation(pair, prompts, max_new_tokens, chat=chat, system_prompt=system_prompt)
     alphas = layer_alphas(alpha, pair.n_layers)
     chats = use_chat(pair.tokenizer, chat) or any(r.messages is not None for r in records)
     stop, pad = stop_token_ids(pair, chats), pad_id_of(pair.tokenizer)

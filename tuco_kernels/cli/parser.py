@@ -13,6 +13,7 @@ from ..prompts.tokenize import TRUNCATE_SIDES
 from .console import EXIT_USER
 from .reporting import add_report_parser
 from .sharded import add_dataset_args
+from .values import alpha_value, positive_float, positive_int, probability
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,44 +22,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         print(f"tuco: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(EXIT_USER)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = _positive_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _alpha(text: str):
-    """'1.25' -> 1.25; '1,1,0.5' -> one value per layer."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number or comma-separated list of numbers: {text!r}") from None
-    if not all(v == v and abs(v) != float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"must be finite: {text!r}")
-    return values[0] if len(values) == 1 else values
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -134,7 +97,7 @@ def _add_memory_args(p: argparse.ArgumentParser, scoring: bool):
         g.add_argument("--schedule", choices=("prompt", "layer"),
                        help="prompt: all layers per batch; layer: all batches per layer, weights fetched once per sweep "
                             "(default: layer with --offload, else prompt)")
-        g.add_argument("--sweep-tokens", type=_positive_int, metavar="N", help="cap on the tokens of one layer-major "
+        g.add_argument("--sweep-tokens", type=positive_int, metavar="N", help="cap on the tokens of one layer-major "
                                                                                "sweep")
         g.add_argument("--profile", action="store_true", help="print time in weight copies vs compute, GB/s, overlap")
 
@@ -154,13 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(s)
     _add_model_args(s)
     g = s.add_argument_group("scoring")
-    g.add_argument("--alpha", type=_alpha, default=1.0, metavar="A",
+    g.add_argument("--alpha", type=alpha_value, default=1.0, metavar="A",
                    help="FTC scale α, or comma-separated per-layer values (1: the fine-tuned model)")
     g.add_argument("--layers", action="store_true", help="also write per-layer ptc_l1, ftc_l1 and cumulative beta")
     g.add_argument("--token-map", action="store_true",
                    help="also write TuCo at every token (token_tuco) beside the token strings (tokens)")
     g.add_argument("--output-co", action="store_true", help="also write the OutputCo baseline")
-    g.add_argument("--batch-tokens", type=_positive_int, default=4096, metavar="N",
+    g.add_argument("--batch-tokens", type=positive_int, default=4096, metavar="N",
                    help="rows × padded length per micro-batch")
     g.add_argument("--backend", choices=ops.BACKENDS, help="force a kernel backend (see `tuco info`)")
     _add_memory_args(s, scoring=True)
@@ -177,17 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(t)
     _add_model_args(t)
     g = t.add_argument_group("generation")
-    g.add_argument("--alpha", type=_alpha, nargs="+", default=[1.0], metavar="A",
+    g.add_argument("--alpha", type=alpha_value, nargs="+", default=[1.0], metavar="A",
                    help="one or more α values (or comma-separated per-layer lists)")
-    g.add_argument("--max-new-tokens", type=_positive_int, default=32, metavar="N")
+    g.add_argument("--max-new-tokens", type=positive_int, default=32, metavar="N")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=_positive_float, default=1.0)
-    g.add_argument("--top-p", type=_probability, default=1.0, metavar="P")
+    g.add_argument("--temperature", type=positive_float, default=1.0)
+    g.add_argument("--top-p", type=probability, default=1.0, metavar="P")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--samples", type=_positive_int, default=1, metavar="N",
+    g.add_argument("--samples", type=positive_int, default=1, metavar="N",
                    help="completions per prompt and α (with --sample: independent draws)")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step")
-    g.add_argument("--batch-tokens", type=_positive_int, default=4096, metavar="N",
+    g.add_argument("--batch-tokens", type=positive_int, default=4096, metavar="N",
                    help="rows × padded length per micro-batch")
     g.add_argument("--backend", choices=ops.BACKENDS, help="force a kernel backend (see `tuco info`)")
     _add_memory_args(t, scoring=False)

@@ -59,6 +59,9 @@ def rendering_choice(args) -> bool | None:
     """--chat: True, --raw-text: False, neither: None (the chat template when the tokenizer has one)."""
     if args.chat and args.raw_text:
         raise OptionError("--chat and --raw-text contradict each other; give one")
+    if args.template and args.raw_text:
+        raise OptionError(f"--template {args.template} and --raw-text contradict each other: a template renders "
+                          f"prompts as chats; give one")
     return True if args.chat or args.template else (False if args.raw_text else None)
 
 

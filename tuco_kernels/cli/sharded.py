@@ -14,12 +14,13 @@ import os
 import sys
 from pathlib import Path
 
-from ..dataset import (DEFAULT_SHARD_TOKENS, DEFAULT_TIMEOUT_S, EXTRA_FORMATS, RankLost, RunAborted, ShardsFailed,
-                       check_plan, connect, device_for_rank, dist_env, score_dataset, sources_identity)
+from ..dataset import (DEFAULT_SHARD_TOKENS, DEFAULT_TIMEOUT_S, EXTRA_FORMATS, Layout, RankLost, RunAborted,
+                       ShardsFailed, check_plan, connect, device_for_rank, dist_env, score_dataset, sources_identity)
 from ..errors import TucoError
 from ..models.load import choose_offload
 from ..models.sources import parse_dtype
 from .console import EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER
+from .values import positive_float, positive_int
 
 
 def is_dataset_out(out: str) -> bool:
@@ -37,11 +38,11 @@ def _formats(text: str) -> list[str]:
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
     """The options of ``tuco score --out DIR/``."""
-    p.add_argument("--shard-tokens", type=int, default=None, metavar="N",
+    p.add_argument("--shard-tokens", type=positive_int, default=None, metavar="N",
                    help=f"with --out DIR/: padded tokens per shard file (default {DEFAULT_SHARD_TOKENS})")
     p.add_argument("--also", type=_formats, default=None, metavar="csv,jsonl",
                    help="with --out DIR/: merge into scores.csv / scores.jsonl too (scores.parquet always; default: neither)")
-    p.add_argument("--rank-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+    p.add_argument("--rank-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help="with several processes: seconds without a heartbeat before a rank counts as dead and the "
                         "job fails")
 
@@ -53,7 +54,9 @@ def check_file_out_args(args) -> None:
 
 
 def _precheck(args) -> None:
-    """Before any weights load: a rerun with other model files or options fails at once, not after loading."""
+    """Before any weights load: an output that cannot be a run's directory, and a rerun with other model files or
+    options, fail at once, not after loading."""
+    Layout(args.out).check_usable()
     if args.pretrained is None or not Path(args.out, "plan.json").is_file():
         return
     ids = sources_identity(args.pretrained, args.finetuned)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from ..generate import generate
+from ..generate import generate, prepare_generation
 from ..prompts.output import OutputTarget
 from ..result import run_metadata
 from .console import EXIT_OK
@@ -27,6 +27,8 @@ def cmd_steer(args) -> int:
         if not args.no_cache and not use_cache:
             print("tuco: streamed weights: generating without a KV cache (each step recomputes the sequence)",
                   file=sys.stderr)
+        # every prompt checked (tokens, room for the new ones) before the first completion is printed
+        prepare_generation(pair, prompts, args.max_new_tokens, chat=args.chat, system_prompt=args.system_prompt)
         records = []
         with pair:
             for start in range(0, len(prompts), STEER_CHUNK):

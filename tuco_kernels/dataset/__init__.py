@@ -34,10 +34,11 @@ from __future__ import annotations
 
 from .coordinator import DEFAULT_TIMEOUT_S, Coordinator, RankLost, RunAborted, connect, device_for_rank, dist_env
 from .identity import sources_identity
+from .layout import Layout
 from .merge import EXTRA_FORMATS
 from .plan import PlanMismatch, check_plan
 from .run import DEFAULT_SHARD_TOKENS, DatasetRun, ShardsFailed, score_dataset
 
 __all__ = ["score_dataset", "DatasetRun", "PlanMismatch", "ShardsFailed", "DEFAULT_SHARD_TOKENS", "EXTRA_FORMATS",
            "check_plan", "sources_identity", "Coordinator", "connect", "dist_env", "device_for_rank", "RankLost",
-           "RunAborted", "DEFAULT_TIMEOUT_S"]
+           "RunAborted", "DEFAULT_TIMEOUT_S", "Layout"]

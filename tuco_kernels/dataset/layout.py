@@ -74,7 +74,20 @@ class Layout:
     def scores(self, fmt: str = "parquet") -> Path:
         return self.root / f"scores.{fmt}"
 
+    def check_usable(self) -> None:
+        """A new directory, an empty one, or one a run of tuco made (it has plan.json); never a file or a directory
+        of the user's own files, whose ``scores.parquet`` the merge would replace."""
+        if self.root.exists() and not self.root.is_dir():
+            raise TucoError(f"{self.root}: exists and is not a directory; a sharded --out is a directory (DIR/)")
+        if self.root.is_dir() and not self.plan.is_file():
+            others = sorted(p.name for p in self.root.iterdir()
+                            if p.name not in ("shards", "errors", ".lock") and not p.name.endswith(".partial"))
+            if others:
+                raise TucoError(f"{self.root}: holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+                                f" and no plan.json, so it is not a tuco run; give a new or empty directory")
+
     def make(self) -> None:
+        self.check_usable()
         for d in (self.root, self.shards, self.errors):
             d.mkdir(parents=True, exist_ok=True)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import TucoError
+from ..errors import positive_int
 
 
 @dataclass
@@ -31,8 +31,7 @@ def pack_shards(groups: list[list[int]], lengths: np.ndarray, shard_tokens: int)
     """Consecutive whole batches, ≤ ``shard_tokens`` padded tokens a shard (a bigger batch goes alone), as even
     as whole batches allow: near-equal parts of the total rather than full shards and a small last one, so that
     ranks finish together."""
-    if shard_tokens < 1:
-        raise TucoError(f"shard_tokens must be positive, got {shard_tokens}")
+    shard_tokens = positive_int("shard_tokens", shard_tokens)
     sizes = [len(g) * int(lengths[g[0]]) for g in groups]
     # shards end within half a batch of their aim, and never above shard_tokens: aim that much below it
     n = max(1, math.ceil(sum(sizes) / max(1.0, shard_tokens - max(sizes, default=0) / 2)))

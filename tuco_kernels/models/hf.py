@@ -37,6 +37,8 @@ def load_model(source, *, dtype, gguf_file, allow_pickle, attn_implementation):
     try:
         model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True, **kwargs)
     except Exception as exc:  # HF, safetensors and torch raise many kinds; all mean "this folder does not load"
+        if "ignore_mismatched_sizes" in str(exc):   # HF's own report of which tensor went to its log, not the error
+            raise ModelError(f"{where}: {mismatched_shapes(directory, kwargs)}") from None
         raise ModelError(f"{where}: cannot load the model: {first_line(exc)}") from None
     for key, what in (("missing_keys", "has no weights for"), ("mismatched_keys", "has weights of another shape for")):
         names = sorted(info.get(key) or [])
@@ -45,6 +47,24 @@ def load_model(source, *, dtype, gguf_file, allow_pickle, attn_implementation):
             raise ModelError(f"{where}: the checkpoint {what} {len(names)} parameter(s) of the model its config "
                              f"describes (first: {shown}); HF would fill them with random values")
     return model
+
+
+def mismatched_shapes(directory, kwargs) -> str:
+    """Which stored tensor disagrees with the config, and how (loading again with mismatches allowed to learn it)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        _, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True,
+                                                       ignore_mismatched_sizes=True, **kwargs)
+        bad = sorted(info.get("mismatched_keys") or [])
+    except Exception:   # noqa: BLE001 - the second try is only for the message
+        bad = []
+    if not bad:
+        return "the checkpoint's tensor shapes disagree with config.json"
+    name, stored, expected = bad[0]
+    return (f"config.json disagrees with the stored weights: {name} is stored as {list(stored)} but the config "
+            f"makes it {list(expected)}" + (f" ({len(bad) - 1} more tensors disagree)" if len(bad) > 1 else "")
+            + "; the config belongs to another model, or the weights do")
 
 
 def first_line(exc: BaseException) -> str:
@@ -75,7 +95,11 @@ def load_tokenizer(sources: list, gguf_files: list):
 def tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft):
     """(fine-tuned tokenizer, pre-trained tokenizer or None) as load_pair resolves them."""
     if isinstance(tokenizer, (str, os.PathLike)):
-        return load_tokenizer([tokenizer], [None]), None
+        loaded = load_tokenizer([tokenizer], [None])
+        if loaded is None:
+            raise ModelError(f"{tokenizer}: the tokenizer given (--tokenizer, tokenizer=) has no tokenizer files "
+                             f"(tokenizer.json, tokenizer_config.json, tokenizer.model or vocab.json)")
+        return loaded, None
     if tokenizer is not None:
         return tokenizer, None
     ft_tok = load_tokenizer([finetuned, pretrained], [g_ft, g_pt])

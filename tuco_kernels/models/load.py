@@ -67,6 +67,10 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
         tokenizer = tokenizer if tokenizer is not None else default_pair.chat_tokenizer(pretrained)
     if pretrained is None or finetuned is None:
         raise OptionError("give both the pre-trained and the fine-tuned model, or neither (the default pair)")
+    for side, source in (("pretrained", pretrained), ("finetuned", finetuned)):
+        if not isinstance(source, (str, os.PathLike, torch.nn.Module)):
+            raise ModelError(f"{side}: expected a model directory, a .gguf file, a hub id or a PreTrainedModel, "
+                             f"got {type(source).__name__} {source!r}")
     pretrained, finetuned = hub.local_source(pretrained), hub.local_source(finetuned)   # hub ids -> snapshots
     tokenizer = hub.local_source(tokenizer)
     dtype = parse_dtype(dtype)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import OptionError
+from ..errors import positive_int
 
 
 @dataclass
@@ -32,8 +32,7 @@ class Batch:
 def batch_groups(lengths: Sequence[int], batch_tokens: int, *, alone: bool = False) -> list[list[int]]:
     """Prompt indices per micro-batch, longest first (ties in input order), rows × padded length ≤ batch_tokens
     (a longer prompt goes alone; with ``alone`` every prompt does)."""
-    if batch_tokens < 1:
-        raise OptionError(f"batch_tokens must be a positive number of tokens, got {batch_tokens}")
+    batch_tokens = positive_int("batch_tokens", batch_tokens)
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     groups: list[list[int]] = []
     for i in order:

@@ -51,9 +51,21 @@ class Prompt:
 _MISSING_LIKE = {"", "nan", "na", "n/a", "null", "none", "<na>"}
 
 
+INT64 = (-2**63, 2**63 - 1)
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of a prompt file: split at \\n (and \\r\\n) only. ``str.splitlines`` also splits at U+2028,
+    U+0085 and other characters that JSON strings and prompts may hold as they are."""
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
 def _check_id(value, where: str):
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise PromptError(f"{where}: id must be a string or an integer, got {value!r}")
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        raise PromptError(f"{where}: id {value} does not fit in a 64-bit integer (Parquet, pandas); "
+                          f"write it as a string (\"{value}\")")
     if isinstance(value, str) and value.strip().lower() in _MISSING_LIKE:
         raise PromptError(f"{where}: id {value!r} reads as a missing value in spreadsheets and pandas; use another id")
     return value
@@ -98,9 +110,13 @@ def _check_ids(value, where: str) -> list:
 
 def normalize_prompts(prompts) -> list[Prompt]:
     """Accept a string, a chat, or a list of strings / chats / mappings; return :class:`Prompt` records."""
+    if isinstance(prompts, (bytes, bytearray)):
+        raise PromptError("prompts must be text (str), not bytes: decode them first")
     if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)
                                     and "role" in prompts[0]):
         prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)):
+        raise PromptError(f"prompts must be a string, a chat or a list of them, got {type(prompts).__name__}")
     out = []
     for i, item in enumerate(prompts):
         if isinstance(item, Prompt):
@@ -135,6 +151,8 @@ def unify_ids(records: list[Prompt]) -> list[Prompt]:
 def read_prompt_file(path) -> list[Prompt]:
     """Read .jsonl (``prompt`` or ``messages``, optional ``id``), .csv (column ``prompt``) or .txt (a prompt a line)."""
     path = Path(path)
+    if path.is_dir():
+        raise PromptError(f"{path}: is a directory, not a prompt file (.jsonl, .csv or .txt)")
     if not path.is_file():
         raise PromptError(f"{path}: prompt file not found")
     suffix = path.suffix.lower()
@@ -144,7 +162,7 @@ def read_prompt_file(path) -> list[Prompt]:
         raise PromptError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     records: list[Prompt] = []
     if suffix == ".jsonl":
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate(_lines(text), 1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -174,7 +192,7 @@ def read_prompt_file(path) -> list[Prompt]:
             hint = ("; a quote opened there is never closed" if "end of data" in str(exc) else "")
             raise PromptError(f"{path}:{start}: malformed CSV ({exc}){hint}") from None
     elif suffix == ".txt":
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate(_lines(text), 1):
             if line.strip():
                 records.append(Prompt(len(records), f"{path}:{lineno}", text=line))
     else:

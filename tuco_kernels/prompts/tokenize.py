@@ -63,13 +63,17 @@ def tokenize(prompts: list[Prompt], tokenizer, *, chat: bool | None = None, syst
              vocab_size: int | None = None) -> list[list[int]]:
     """Token ids per prompt. Raw text gets the tokenizer's special tokens (e.g. BOS); chats the template's."""
     chat = use_chat(tokenizer, chat)
+    if system_prompt and not chat and any(p.text is not None for p in prompts):
+        raise OptionError("a system prompt (system_prompt=, --system-prompt) needs chat rendering, but text prompts "
+                          "are rendered as raw text here (chat=False / --raw-text, or the tokenizer has no chat "
+                          "template); drop it or render them as chats")
     out = []
     for p in prompts:
         if p.input_ids is not None:
             ids = p.input_ids
         else:
             if tokenizer is None:
-                raise PromptError(f"{p.where}: text prompt but the pair has no tokenizer; pass tokenizer= or input_ids")
+                raise PromptError(f"{p.where}: text prompt but the pair has no tokenizer; give one (tokenizer=, --tokenizer) or input_ids")
             if p.messages is not None or chat:
                 messages = p.messages or [{"role": "user", "content": p.text}]
                 text = render_chat(tokenizer, messages, system_prompt, p.where)
