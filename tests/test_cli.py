@@ -11,16 +11,13 @@ import torch
 import tuco_kernels as tk
 from tuco_kernels.cli import main
 
-from tests.fixtures.pairs import PROMPTS, make_pair_models
+from tests.fixtures.pairs import PROMPTS, make_pair_models, save_pair
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("cli_models")
-    pt, ft = make_pair_models("qwen2", tokenizer)
-    for name, m in (("pt", pt), ("ft", ft)):
-        m.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
+    save_pair(root, tokenizer, "qwen2")
     return root
 
 

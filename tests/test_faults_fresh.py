@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tuco_kernels as tk
-from tests.fixtures.pairs import PROMPTS, make_pair_models
+from tests.fixtures.pairs import PROMPTS, save_pair
 from tests.fixtures.tiny import build_model, perturbed_copy, tiny_config
 from tuco_kernels import cli
 from tuco_kernels.errors import ModelError, OptionError, PromptError, TucoError
@@ -17,10 +17,7 @@ from tuco_kernels.prompts.records import read_prompt_file
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("fresh")
-    pt, ft = make_pair_models("llama", tokenizer)
-    for name, m in (("pt", pt), ("ft", ft)):
-        m.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
+    save_pair(root, tokenizer)
     (root / "p.txt").write_text("\n".join(PROMPTS) + "\n")
     return root
 

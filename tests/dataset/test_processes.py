@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import tuco_kernels as tk
-from tests.fixtures.pairs import CORPUS, make_pair_models
+from tests.fixtures.pairs import CORPUS, save_pair
 from tuco_kernels.prompts.records import read_prompt_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,10 +35,7 @@ ARGS = ["--batch-tokens", "256", "--shard-tokens", "400", "--layers", "--no-prog
 def setup(tmp_path_factory, tokenizer):
     """A tiny llama pair saved as HF folders, a prompt file, and tk.score's records on one thread."""
     root = tmp_path_factory.mktemp("dist")
-    pt, ft = make_pair_models("llama", tokenizer)
-    for name, m in (("pt", pt), ("ft", ft)):
-        m.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
+    save_pair(root, tokenizer)
     with open(root / "p.jsonl", "w") as f:
         for i in range(N_PROMPTS):
             text = (CORPUS[i % 8] + " " + CORPUS[(3 * i) % 8] + " " + CORPUS[(5 * i) % 8])[: 6 + (29 * i) % 230]

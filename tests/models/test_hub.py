@@ -17,7 +17,7 @@ from tuco_kernels.models.hub import HubModel, is_hub_id
 from tuco_kernels.result import run_metadata
 
 from tests.fixtures.hub_cache import cache_folder
-from tests.fixtures.pairs import PROMPTS, make_pair_models
+from tests.fixtures.pairs import PROMPTS, save_pair
 
 COMMITS = {"pt": "1" * 40, "ft": "2" * 40}
 
@@ -25,10 +25,7 @@ COMMITS = {"pt": "1" * 40, "ft": "2" * 40}
 @pytest.fixture(scope="module")
 def saved_pair(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("hub-src")
-    pt, ft = make_pair_models("llama", tokenizer)
-    for side, model in (("pt", pt), ("ft", ft)):
-        model.save_pretrained(root / side)
-        tokenizer.save_pretrained(root / side)
+    save_pair(root, tokenizer)
     return root
 
 
