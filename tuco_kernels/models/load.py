@@ -62,7 +62,8 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
         prefetch: with offload, copy layer l+1 while layer l computes (False: the serial baseline).
     """
     if pretrained is None and finetuned is None:   # the default pair, fp32 unless asked otherwise
-        pretrained, finetuned = default_pair.paths()
+        with quiet_hf_progress():   # the first use converts the GGUF; the stage line says so, not HF's bar
+            pretrained, finetuned = default_pair.paths()
         dtype = dtype or "float32"
         tokenizer = tokenizer if tokenizer is not None else default_pair.chat_tokenizer(pretrained)
     if pretrained is None or finetuned is None:
