@@ -191,6 +191,9 @@ def main() -> int:
         lines = [f"## {phase}{' (dry run: CPU, tiny shapes, numbers meaningless)' if args.dry_run else ''}",
                  f"{stamp}; " + "; ".join(f"{k} {v.strip()}" for k, v in versions if len((k, v)) == 2), ""]
         for name, status, targets in results:
+            if args.dry_run:   # tiny shapes on a CPU: speeds mean nothing; equalities (streamed = resident) still hold
+                targets = [t if "=" in t.split(":")[1] else t.rsplit(" ", 1)[0] + " (dry run: not judged)"
+                           for t in targets]
             lines.append(f"- {name}: **{status}**")
             lines += [f"  - {t.removeprefix('target: ')}" for t in targets]
             failed |= status != "ok" or any(t.endswith("FAIL") for t in targets)

@@ -28,6 +28,7 @@ def test_gpu_check_dry_run_writes_every_result(tmp_path):
     for phase in ("tests", "kernels", "stream"):
         assert f"## {phase} (dry run" in summary
     assert "**ok**" in summary and "FAIL" not in summary and "exit " not in summary
+    assert "small model tuco / one HF forward:" in summary and "(dry run: not judged)" in summary   # a speed
     assert "streamed TuCo = resident TuCo (max |diff|): 0.00e+00 (goal ≤ 1e-6) PASS" in summary
     assert "disk-streamed TuCo = page-locked TuCo (max |diff|): 0.00e+00 (goal 0) PASS" in summary
     assert "prompt-by-prompt streaming, no prefetch" in (out / "stream.log").read_text()
