@@ -101,6 +101,8 @@ def line_plot(x, series: dict, path: Path, *, xlabel: str, ylabel: str, title: s
         ax2.set_ylabel(right_label)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, frameon=False, fontsize=8, loc="best")
-    fig.tight_layout()
+    # below the axes, where no line can run under it (loc="best" only sees the left axis' lines)
+    fig.legend(handles, labels, frameon=False, fontsize=8, loc="lower center", ncol=min(len(labels), 4))
+    rows = -(-len(labels) // 4)
+    fig.tight_layout(rect=(0, 0.06 * rows, 1, 1))
     return _save(fig, path)
