@@ -18,7 +18,6 @@ turn with the template itself. ``token_ids`` keep the stop token; ``text`` is de
 from __future__ import annotations
 
 import inspect
-
 import zlib
 from array import array
 from contextlib import nullcontext
@@ -171,7 +170,6 @@ def _decode(stepper, ids, mask, *, max_new_tokens, stop, pad, pick) -> list[list
     return rows
 
 
-@torch.no_grad()
 def prepare_generation(pair, prompts, max_new_tokens: int, *, chat=None, system_prompt=None):
     """Prompts and their token ids, each checked to leave room for ``max_new_tokens`` in the model's positions
     (a model with learned positions would otherwise fail inside its embedding at the first token past the end)."""
@@ -185,6 +183,7 @@ def prepare_generation(pair, prompts, max_new_tokens: int, *, chat=None, system_
     return records, token_lists
 
 
+@torch.no_grad()
 def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_samples: int = 1,
              seed: int | None = None, use_cache: bool | None = None, chat: bool | None = None,
