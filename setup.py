@@ -1,16 +1,17 @@
-"""tuco_kernels: exact, fast TuCo (Tuning Contribution) for HuggingFace model pairs.
+"""Builds tuco_kernels' compiled ops; the metadata and requirements are declared in pyproject.toml.
 
-Requirements are ranges, not pins, so the package also installs onto a GPU image's own stack
-(torch 2.11 / triton 3.6 / transformers 5.17 / Python 3.12). The pinned development environment is
-requirements.txt + constraints.txt, installed by the Makefile.
+The compiled ops (csrc/) are built into ``tuco_kernels._C`` with torch.utils.cpp_extension and ninja, against
+the torch already installed in the environment being installed into (never a torch of the build's own): a
+CppExtension on CPU-only torch, a CUDAExtension when torch has CUDA and a CUDA toolkit of the same major version
+is found (``build_config.find_cuda_tree``: $CUDA_HOME, nvcc's real location or its own report, torch's guess,
+a pip toolkit, /usr/local/cuda). Without a usable toolkit, or when the CUDA compile fails, the CPU op is built
+instead with a one-line notice and the reason kept for ``tuco info``; the Triton kernels still run on the GPU.
+``TUCO_BUILD_CUDA=require`` (make gpu-check) turns that fallback into an error; ``=0`` skips CUDA.
 
-The compiled ops (csrc/) are built into ``tuco_kernels._C`` with torch.utils.cpp_extension and ninja:
-a CppExtension on CPU-only torch, a CUDAExtension when torch has CUDA and a matching CUDA toolkit is found.
-A CUDA build that cannot work (no nvcc, nvcc of another major version than torch's CUDA, missing headers) or
-that fails to compile falls back to the CPU-only extension, with the reason recorded for ``tuco info``; the
-install never fails for it. Build without torch importable (e.g. pip's build isolation) and the package still
-installs: the ops are then compiled on first use (JIT), or the engine falls back to the eager reference
-with a message saying why.
+pip builds in an isolated environment by default, where the user's torch is not importable: setup.py then asks
+the installing Python (``sys.executable -I``) where its torch is and builds against that. If there is none,
+the package still installs and the ops are compiled on first use (JIT). ``--no-build-isolation`` skips the
+detour (and the download of setuptools and ninja for the isolated environment).
 """
 
 import importlib.util
@@ -27,6 +28,7 @@ def _build_config():
     spec = importlib.util.spec_from_file_location(
         "tuco_build_config", os.path.join(HERE, "tuco_kernels", "ops", "build_config.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -46,7 +48,7 @@ def _build_ext_class(cpp_extension, fallback: _Fallback | None):
             try:
                 super().build_extensions()
             except Exception as exc:  # a compiler or linker error, a missing header, a toolkit mismatch
-                if fallback is None:
+                if fallback is None or fallback.cfg.cuda_required():
                     raise
                 lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
                 reason = next((ln for ln in lines if "error" in ln.lower()), lines[0])[:300]
@@ -65,16 +67,43 @@ def _build_ext_class(cpp_extension, fallback: _Fallback | None):
     return BuildExtensionWithFallback.with_options(use_ninja=True)
 
 
+def _environment_torch():
+    """The torch to build against: importable here, or, inside pip's isolated build environment (which hides the
+    target environment's packages), the one the installing Python itself imports. None when there is none."""
+    try:
+        import torch
+        return torch
+    except ImportError:
+        pass
+    probe = "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))"
+    try:   # -I: without PYTHONPATH, so without the isolated environment's overlay
+        found = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    site = found.stdout.strip().splitlines()[-1] if found.returncode == 0 and found.stdout.strip() else ""
+    if not os.path.isdir(os.path.join(site, "torch")):
+        return None
+    sys.path.append(site)   # after the build environment's own packages (setuptools, ninja)
+    try:
+        import torch
+    except ImportError:
+        sys.path.remove(site)
+        return None
+    print(f"tuco_kernels: building against the torch of the environment being installed into ({torch.__version__}, "
+          f"{site})", file=sys.stderr)
+    return torch
+
+
 def compiled_extensions():
     if os.environ.get("TUCO_SKIP_EXTENSION") == "1":
         return [], {}
-    try:
-        import torch
-        from torch.utils import cpp_extension
-    except ImportError:
-        print("tuco_kernels: torch is not importable at build time; the compiled ops will be built on "
-              "first use (JIT) instead", file=sys.stderr)
+    torch = _environment_torch()
+    if torch is None:
+        print("tuco_kernels: torch is not installed in this environment; the compiled ops will be built on first "
+              "use (JIT) instead. Install torch first to build them now.", file=sys.stderr)
         return [], {}
+    from torch.utils import cpp_extension
+
     cfg = _build_config()
     source_hash = cfg.csrc_hash()
     cxx = cfg.CXX_FLAGS + [cfg.hash_define(source_hash)]
@@ -84,12 +113,27 @@ def compiled_extensions():
         return cpp_extension.CppExtension("tuco_kernels._C", cpu_sources, extra_compile_args={"cxx": list(cxx)},
                                           extra_link_args=cfg.LINK_FLAGS)
 
-    why_no_cuda = cfg.cuda_build_problem(torch.version.cuda, cpp_extension.CUDA_HOME)
-    if why_no_cuda is not None:
-        cfg.write_build_info(source_hash, why_no_cuda)
+    def cpu_only(reason: str):
+        if cfg.cuda_required():
+            raise SystemExit(f"tuco_kernels: TUCO_BUILD_CUDA=require, but the CUDA op cannot be built: {reason}")
+        if torch.version.cuda is not None and os.environ.get("TUCO_BUILD_CUDA") != "0":
+            print(f"tuco_kernels: building the CPU op only ({reason}); on the GPU the Triton kernels run. "
+                  "`tuco info` shows what was built.", file=sys.stderr)
+        cfg.write_build_info(source_hash, reason)
         return [cpu_extension()], {"build_ext": _build_ext_class(cpp_extension, None)}
-    if os.environ.get("TUCO_BUILD_CUDA") == "force" and cpp_extension.CUDA_HOME is None:
-        cpp_extension.CUDA_HOME = os.environ.get("CUDA_HOME")  # the fallback test: a CPU torch and a real nvcc
+
+    tree = None
+    if torch.version.cuda is not None or os.environ.get("TUCO_BUILD_CUDA") == "force":
+        tree = cfg.find_cuda_tree(cpp_extension.CUDA_HOME)
+        if tree.path is not None:   # torch's own guess is wrong where nvcc is a wrapper or a link
+            cpp_extension.CUDA_HOME = tree.path
+            os.environ["CUDA_HOME"] = tree.path
+            print(f"tuco_kernels: CUDA toolkit {tree.path} (found from {tree.how})", file=sys.stderr)
+    why_no_cuda = cfg.cuda_build_problem(torch.version.cuda, tree.path if tree else None)
+    if why_no_cuda is not None:
+        if tree is not None and tree.path is None:
+            why_no_cuda += f"; {tree.how}"
+        return cpu_only(why_no_cuda)
     try:
         ext = cpp_extension.CUDAExtension(
             "tuco_kernels._C", cpu_sources + [os.path.join("csrc", s) for s in cfg.CUDA_SOURCES],
@@ -97,30 +141,14 @@ def compiled_extensions():
             extra_compile_args={"cxx": cxx + ["-DTUCO_WITH_CUDA=1"],
                                 "nvcc": cfg.NVCC_FLAGS + [cfg.hash_define(source_hash), "-DTUCO_WITH_CUDA=1"]})
     except (OSError, RuntimeError, ValueError) as exc:
-        reason = f"the CUDA build could not be set up: {str(exc).splitlines()[0]}"
-        print(f"tuco_kernels: {reason}; building the CPU ops only", file=sys.stderr)
-        cfg.write_build_info(source_hash, reason)
-        return [cpu_extension()], {"build_ext": _build_ext_class(cpp_extension, None)}
-    cfg.write_build_info(source_hash, "")
+        return cpu_only(f"the CUDA build could not be set up: {str(exc).splitlines()[0]}")
+    cfg.write_build_info(source_hash, "", tree.path)
     return [ext], {"build_ext": _build_ext_class(cpp_extension, _Fallback(cfg, source_hash, cpu_extension))}
-
-
-def _version() -> str:
-    spec = importlib.util.spec_from_file_location("tuco_version", os.path.join(HERE, "tuco_kernels", "_version.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.__version__
 
 
 ext_modules, cmdclass = compiled_extensions()
 
 setup(
-    name="tuco_kernels",
-    version=_version(),
-    description="Exact, fast TuCo (Tuning Contribution; Nuti et al., ICML 2025) for HF decoder pairs",
-    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
     # the library, and beside it the research package of the studies (python/tuco_research; not needed to score)
     packages=find_packages(include=["tuco_kernels", "tuco_kernels.*"])
     + find_packages("python", include=["tuco_research", "tuco_research.*"]),
@@ -128,22 +156,4 @@ setup(
     package_data={"tuco_kernels": ["models/data/gemma-3-270m-chat-lora/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=[
-        "torch>=2.4",
-        "numpy>=1.26",
-        "transformers>=5.17,<6",
-        "safetensors>=0.4",
-        "tqdm>=4.66",
-    ],
-    extras_require={
-        "gguf": ["gguf>=0.10", "accelerate>=1.0"],
-        "peft": ["peft>=0.17"],
-        "io": ["pandas>=2.0", "pyarrow>=15"],
-        "triton": ["triton>=3.4"],
-        "default-pair": ["gguf>=0.10", "accelerate>=1.0", "peft>=0.17"],   # load_pair() with no arguments
-        "research": ["pyarrow>=15", "pyyaml>=6", "pandas>=2.0", "matplotlib>=3.8", "gguf>=0.10", "accelerate>=1.0",
-                     "peft>=0.17"],   # tuco_research: datasets, studies, demo, the adapter's training
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "ninja>=1.11"],
-    },
-    entry_points={"console_scripts": ["tuco=tuco_kernels.cli:main"]},
 )

@@ -111,8 +111,8 @@ def write_checkpoint(directory: Path, config, dtype, seed: int, device: str) -> 
     return total
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", action="store_true", help="tiny shape (checks the script; numbers meaningless)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--prompts", type=int, default=512)
@@ -124,7 +124,11 @@ def main():
     ap.add_argument("--disk-dir", help="where to write it (default: a temporary folder, removed afterwards)")
     ap.add_argument("--no-resident", action="store_true")
     ap.add_argument("--no-csv", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main():
+    args = parse_args()
     if args.small:
         args.prompts, args.tokens, args.budgets = min(args.prompts, 16), min(args.tokens, 32), ""
         args.disk_layers = min(args.disk_layers, 2)

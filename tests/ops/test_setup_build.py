@@ -1,7 +1,7 @@
-"""setup.py never fails an install because of CUDA: a toolkit that cannot work is detected before compiling, and
-a CUDA build that fails to compile falls back to the CPU ops, with the reason kept for ``tuco info``."""
+"""setup.py never fails a user's install because of CUDA: a toolkit that cannot work is detected before compiling,
+and a CUDA build that fails to compile falls back to the CPU ops, with the reason kept for ``tuco info``. Under
+``TUCO_BUILD_CUDA=require`` (make gpu-check) either is an error instead."""
 
-import glob
 import os
 import shutil
 import subprocess
@@ -13,9 +13,20 @@ import pytest
 from tuco_kernels.ops import build_config
 
 ROOT = Path(__file__).resolve().parents[2]
-CUDA_HOME = next((p for p in [os.environ.get("CUDA_HOME"), *sorted(glob.glob("/usr/local/cuda*"), reverse=True)]
-                  if p and (Path(p) / "bin" / "nvcc").is_file() and (Path(p) / "include" / "cuda_runtime.h").is_file()),
-                 None)
+CUDA_HOME = build_config.find_cuda_tree().path
+
+
+def minimal_source_tree(tree: Path) -> Path:
+    """What setup.py needs to build tuco_kernels._C, copied (the build writes _build_info.py into it)."""
+    (tree / "tuco_kernels" / "ops").mkdir(parents=True)
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
+    shutil.copytree(ROOT / "csrc", tree / "csrc")
+    shutil.copy(ROOT / "tuco_kernels" / "ops" / "build_config.py", tree / "tuco_kernels" / "ops")
+    shutil.copy(ROOT / "tuco_kernels" / "_version.py", tree / "tuco_kernels")
+    for init in ("tuco_kernels/__init__.py", "tuco_kernels/ops/__init__.py"):
+        (tree / init).touch()
+    return tree
 
 
 def test_unusable_toolkits_are_named_before_compiling(monkeypatch, tmp_path):
@@ -42,15 +53,7 @@ def test_a_toolkit_of_another_major_version_is_refused(monkeypatch):
 def test_failed_cuda_build_falls_back_to_the_cpu_ops(tmp_path):
     """TUCO_BUILD_CUDA=force attempts the CUDA op with this CPU-only torch: nvcc fails (the CPU wheel lacks torch's
     CUDA headers), and the build goes on with the CPU ops, exit 0, the reason recorded."""
-    tree = tmp_path / "src"
-    (tree / "tuco_kernels" / "ops").mkdir(parents=True)
-    for name in ("setup.py", "README.md"):
-        shutil.copy(ROOT / name, tree / name)
-    shutil.copytree(ROOT / "csrc", tree / "csrc")
-    shutil.copy(ROOT / "tuco_kernels" / "ops" / "build_config.py", tree / "tuco_kernels" / "ops")
-    shutil.copy(ROOT / "tuco_kernels" / "_version.py", tree / "tuco_kernels")
-    for init in ("tuco_kernels/__init__.py", "tuco_kernels/ops/__init__.py"):
-        (tree / init).touch()
+    tree = minimal_source_tree(tmp_path / "src")
     env = {**os.environ, "TUCO_BUILD_CUDA": "force", "CUDA_HOME": CUDA_HOME, "TORCH_CUDA_ARCH_LIST": "9.0",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree, env=env,
@@ -63,3 +66,14 @@ def test_failed_cuda_build_falls_back_to_the_cpu_ops(tmp_path):
     check = subprocess.run([sys.executable, "-c", "import torch, tuco_kernels._C; print(torch.ops.tuco.build_info())"],
                            cwd=tree, capture_output=True, text=True, timeout=300)
     assert check.returncode == 0 and check.stdout.strip().endswith("cuda=0"), check.stderr[-2000:]
+
+
+def test_require_refuses_a_build_without_the_cuda_op(tmp_path):
+    """make gpu-check installs with TUCO_BUILD_CUDA=require: on a CUDA machine a missing toolkit must fail the
+    install, not leave a CPU-only op that skips every CUDA test. Here torch has no CUDA, which it names."""
+    tree = minimal_source_tree(tmp_path / "src")
+    env = {**os.environ, "TUCO_BUILD_CUDA": "require"}
+    result = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and not list((tree / "tuco_kernels").glob("_C*.so"))
+    assert "TUCO_BUILD_CUDA=require, but the CUDA op cannot be built: torch built without CUDA" in result.stderr

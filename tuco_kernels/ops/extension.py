@@ -41,6 +41,13 @@ def load() -> ExtensionState:
     return _state
 
 
+def prebuilt() -> ExtensionState:
+    """``tuco_kernels._C`` as setup.py built it, never a JIT build: loaded, or why it cannot be (make gpu-check
+    asks this before installing, so that a checkout is compiled once)."""
+    state = _try_prebuilt(build_config.csrc_hash())
+    return state if isinstance(state, ExtensionState) else ExtensionState(False, state)
+
+
 def _jit_directory(source_hash: str, with_cuda: bool) -> Path:
     root = os.environ.get("TUCO_EXTENSIONS_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tuco_kernels")
@@ -84,6 +91,8 @@ def _try_prebuilt(source_hash: str | None) -> ExtensionState | str:
     how = "tuco_kernels._C (built by setup.py)"
     if not with_cuda:
         how += f"; CPU only: {_build_info.WHY_NO_CUDA}"
+    elif getattr(_build_info, "CUDA_TREE", ""):
+        how += f"; with the CUDA op (compiled with {_build_info.CUDA_TREE})"
     return ExtensionState(True, how, with_cuda)
 
 
@@ -98,7 +107,13 @@ def _first_error(exc: Exception) -> str:
 def _jit_build(source_hash: str, reason: str) -> ExtensionState:
     from torch.utils import cpp_extension
 
-    with_cuda = bool(torch.version.cuda) and torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+    with_cuda = False
+    if torch.version.cuda and torch.cuda.is_available():
+        tree = build_config.find_cuda_tree(cpp_extension.CUDA_HOME)
+        if tree.path is not None and build_config.cuda_build_problem(torch.version.cuda, tree.path) is None:
+            cpp_extension.CUDA_HOME = tree.path   # torch's guess is wrong where nvcc is a wrapper or a link
+            os.environ["CUDA_HOME"] = tree.path
+            with_cuda = True
     sources = [str(build_config.CSRC / s) for s in build_config.CPU_SOURCES]
     if with_cuda:
         sources += [str(build_config.CSRC / s) for s in build_config.CUDA_SOURCES]
