@@ -1,6 +1,6 @@
-"""Installing into your own environment, as the README's "Install" section says: a clean clone, `pip install`,
-into a fresh venv that already holds torch (not through make). The compiled ops are built against that torch,
-which pip must neither replace nor upgrade, and `tuco info` works from outside the checkout.
+"""Installing into your own environment, as the README's "Install" section says: a clean clone, the README's own
+`pip install` command, into a fresh venv that already holds torch (not through make). The compiled ops are built
+against that torch, which pip must neither replace nor upgrade, and `tuco info` works from outside the checkout.
 """
 
 import os
@@ -14,6 +14,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_PIN = "2.13.0"     # the CPU wheel this machine has (requirements.txt)
+
+
+def readme_install_command() -> list[str]:
+    """The first `pip install` line of the README's Install section, without its comment."""
+    from tests.fixtures.readme import code_blocks
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start, end = text.index("## Install"), text.index("\n## ", text.index("## Install") + 1)
+    first_line = text[:start].count("\n") + 1
+    last_line = text[:end].count("\n") + 1
+    for block in code_blocks(ROOT / "README.md"):
+        if block.lang == "bash" and first_line <= block.line <= last_line:
+            for line in block.code.splitlines():
+                if line.startswith("pip install"):
+                    return line.split("#")[0].split()
+    raise AssertionError("the README's Install section has no `pip install` line")
 
 
 def run(cmd, **kw):
@@ -33,8 +49,11 @@ def test_pip_install_of_a_clean_clone_builds_against_the_environments_torch(tmp_
     py, env = venv / "bin" / "python", {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}/usr/bin{os.pathsep}/bin"      # not this checkout's .venv
     run([py, "-m", "pip", "install", "-q", f"torch=={TORCH_PIN}"], env=env)
-    # the user's own command (constraints only keep the other packages at the versions the suite passed with)
-    install = run([py, "-m", "pip", "install", "-c", clone / "constraints.txt", str(clone)], env=env, cwd=tmp_path)
+    command = readme_install_command()
+    assert command == ["pip", "install", "."], command
+    # the README's command, in the clone (the constraints only keep the other packages at the versions the suite
+    # passed with; they do not change what is built or whether torch is touched)
+    install = run([py, "-m", *command[:2], "-c", "constraints.txt", *command[2:]], env=env, cwd=clone)
     installed = re.search(r"Successfully installed (.*)", install.stdout)
     assert installed and "tuco-kernels" in installed.group(1).replace("_", "-"), install.stdout[-2000:]
     assert not re.search(r"\btorch-\d", installed.group(1)), "pip replaced the environment's torch"

@@ -122,3 +122,14 @@ def test_every_block_of_the_readme_runs(world):
     assert (work / "run" / "_SUCCESS").is_file() and (work / "run" / "scores.csv").is_file()
     assert (work / "runs" / "_SUCCESS").is_file()
     assert (work / "tuco-70b" / "_SUCCESS").is_file() and (work / "steered.jsonl").is_file()
+
+
+def test_every_file_the_docs_name_exists():
+    """A page that names a moved or renamed file sends the reader nowhere (docs/streaming.md once named a GPU test
+    file that did not exist)."""
+    pages = [README, REPO / "csrc" / "README.md", REPO / "Makefile", *sorted((REPO / "docs").glob("*.md"))]
+    pattern = re.compile(r"\b((?:tests|bench|tuco_kernels|python/tuco_research|csrc|docs)/[\w/.-]+\.(?:py|cpp|cu|md))\b")
+    named = {(page.name, m) for page in pages for m in pattern.findall(page.read_text(encoding="utf-8"))}
+    assert len(named) > 20
+    missing = sorted(f"{page}: {path}" for page, path in named if not (REPO / path).exists())
+    assert not missing, missing
