@@ -94,6 +94,16 @@ def _environment_torch():
     return torch
 
 
+def _torch_cuda_arches(torch) -> str:
+    """torch's own CUDA architectures as TORCH_CUDA_ARCH_LIST ('7.5;8.0;...;12.0+PTX'); '' when unknown."""
+    try:
+        flags = torch._C._cuda_getArchFlags().split()
+    except (AttributeError, RuntimeError):
+        return ""
+    versions = [f"{int(f[3:]) // 10}.{int(f[3:]) % 10}" for f in flags if f.startswith("sm_") and f[3:].isdigit()]
+    return ";".join(versions) + "+PTX" if versions else ""
+
+
 def compiled_extensions():
     if os.environ.get("TUCO_SKIP_EXTENSION") == "1":
         return [], {}
@@ -134,6 +144,14 @@ def compiled_extensions():
         if tree is not None and tree.path is None:
             why_no_cuda += f"; {tree.how}"
         return cpu_only(why_no_cuda)
+    if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        # no GPU to read the architecture from (a login node, a container build): torch would fail with an
+        # IndexError; build for the architectures torch itself was built for instead
+        arches = _torch_cuda_arches(torch)
+        if arches:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = arches
+            print(f"tuco_kernels: no GPU visible; compiling the CUDA op for torch's own architectures "
+                  f"(TORCH_CUDA_ARCH_LIST={arches}; set it to build for fewer)", file=sys.stderr)
     try:
         ext = cpp_extension.CUDAExtension(
             "tuco_kernels._C", cpu_sources + [os.path.join("csrc", s) for s in cfg.CUDA_SOURCES],

@@ -174,17 +174,20 @@ def _registered_op():
         if B * T == 0 or d == 0:
             return
         interpreting = _interpreting()
+        # interpreted kernels launch as they are: torch.compile cannot trace them anyway, and torch < 2.13's
+        # wrap_triton refuses them ("only works on functions annotated with triton.jit"; the GPU image has 2.11)
+        launch = (lambda kernel: kernel) if interpreting else wrap_triton
         exact_rn = not interpreting
         all_tokens = acc_ptc.dim() == 3
         block_d, acc_warps = accumulate_config(d)
-        wrap_triton(_accumulate_kernel)[(B * T if all_tokens else B,)](
+        launch(_accumulate_kernel)[(B * T if all_tokens else B,)](
             x, out_pt, out_ft, last_idx, acc_ptc, acc_ftc, acc_ptc if norms is None else norms, T, d,
             ALL_TOKENS=all_tokens, HAS_NORMS=norms is not None, EXACT_RN=exact_rn, BLOCK_D=block_d,
             **({} if interpreting else compile_options(acc_warps)))
         if write_out:
             n = B * T * d
             block, warps = stream_config(x.element_size())
-            wrap_triton(_stream_kernel)[(triton.cdiv(n, block),)](
+            launch(_stream_kernel)[(triton.cdiv(n, block),)](
                 out_pt, out_ft, out, float(alpha), n,
                 ALPHA_ONE=alpha == 1.0, EXACT_RN=exact_rn,
                 ROUND_BF16=interpreting and x.dtype == torch.bfloat16, BLOCK=block,
