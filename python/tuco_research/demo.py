@@ -84,7 +84,7 @@ def run(argv=None) -> int:
     tuco_histograms({names[k]: v for k, v in by_set.items()}, args.out / "demo_tuco_hist.png",
                     "TuCo per prompt set, each prompt a chat user turn (gemma-3-270m + chat LoRA)")
     betas = {names[name]: res.beta[(frame.set == name).to_numpy()] for name in sets}
-    beta_profiles(betas, args.out / "demo_beta_profile.png", "mean cumulative β_l at the last token, per prompt set")
+    beta_profiles(betas, args.out / "demo_beta_profile.png", r"mean cumulative $\beta_l$ at the last token, per prompt set")
     print(f"\nwritten: {args.out}/demo_scores.csv, demo_table.md, demo_tuco_hist.png, demo_beta_profile.png")
     return 0
 

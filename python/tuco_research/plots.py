@@ -57,25 +57,33 @@ def tuco_histograms(sets: dict, path: Path, title: str, xlabel: str = "TuCo (las
 
 def beta_profiles(sets: dict, path: Path, title: str) -> Path:
     """Mean cumulative β_l per layer for each set ({label: array [N, L]}), with a band of ± 1.96 standard errors of
-    the mean (a 95% confidence interval of the mean, said in the legend)."""
+    the mean (a 95% confidence interval of the mean). Each legend entry is its set's line over its own band, and a
+    note under the axes says what the band is and why the cumulative ratio can fall."""
+    from matplotlib.patches import Patch
+
     colours = _colours(sets)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    handles, labels = [], []
     for name, beta in sets.items():
         beta = np.asarray(beta, dtype=float)
         beta = beta[np.isfinite(beta).all(1)]
         layers = np.arange(beta.shape[1])
         mean = beta.mean(0)
         sem = beta.std(0, ddof=1) / np.sqrt(len(beta)) if len(beta) > 1 else np.zeros_like(mean)
-        ax.plot(layers, mean, color=colours[name], label=f"{name} (n={len(beta)})", linewidth=1.6)
+        (line,) = ax.plot(layers, mean, color=colours[name], linewidth=1.6)
         ax.fill_between(layers, mean - 1.96 * sem, mean + 1.96 * sem, color=colours[name], alpha=0.2, linewidth=0)
-    ax.fill_between([], [], [], color="#888888", alpha=0.2, label="band: 95% CI of the mean (± 1.96 SE)")
+        handles.append((Patch(facecolor=colours[name], alpha=0.2, linewidth=0), line))   # the band, with its line
+        labels.append(f"{name} (n={len(beta)})")
     ax.set_xticks(range(0, beta.shape[1], max(1, beta.shape[1] // 9)))
-    ax.set_xlabel("layer l (sums over layers 0 … l)")
-    ax.set_ylabel("cumulative β_l at the last token")
+    ax.set_xlabel(r"layer $l$ (sums over layers 0 … $l$)")
+    ax.set_ylabel(r"cumulative $\beta_l$ at the last token")
     ax.set_title(title, fontsize=10)
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(handles, labels, frameon=False, fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
+    fig.text(0.01, 0.01, "lines: mean over the set's prompts; bands: 95% CI of the mean (± 1.96 SE).\n"
+             r"$\beta_l$ can fall: a later layer may add a large pre-trained update, or a fine-tuning change may "
+             "cancel an earlier one.", fontsize=7.5, color="#444444", va="bottom")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return _save(fig, path)
 
 
