@@ -271,9 +271,68 @@ def test_page_is_self_contained(tmp_path):
     for tag in ("<script", "<link", "<iframe", "<object", "<embed", "@import", "@font-face"):
         assert tag not in page.lower(), tag
     assert not re.findall(r"url\(\s*['\"]?(?!#)", page)            # only url(#clip-path) inside the page
-    assert page.count("<svg") == 3 and page.count("</svg>") == 3
+    assert page.count("<svg") == 4 and page.count("</svg>") == 4
     assert len(set(re.findall(r'\sid="([^"]+)"', page))) == len(re.findall(r'\sid="([^"]+)"', page))  # ids unique
     assert "Band: 95% confidence interval" in page and "2,000 resamples" in page and "seed 0" in page
+
+
+def test_a_page_for_a_paper(tmp_path):
+    """The pair and the prompt files first, then the results; the ~45 rows of run metadata folded at the end; every
+    figure also as SVG and PNG beside the page; text cells wrap in full; TuCo against prompt length."""
+    import xml.etree.ElementTree as ElementTree
+
+    paths = [write_scores(make_rows(n, 30, seed=i, token_maps=4), tmp_path / f"{n}.csv", meta=run_meta(n))
+             for i, n in enumerate(("web_text", "chat"))]
+    table = report.load_scores(paths)
+    out = report.write_report(table, tmp_path / "paper.html", generated="2026-01-01")
+    page = out.read_text(encoding="utf-8")
+    header = page[page.index("<header>"):page.index("</header>")]
+    assert "pre-trained <b>google/gemma-3-270m (Q4_K_M, dequantized)</b> → fine-tuned <b>gemma-3-270m-chat-lora</b>" \
+        in header
+    assert "Prompts: <code>web_text.jsonl</code>, <code>chat.jsonl</code>." in header
+    sections = re.findall(r"<h2>([^<]+)</h2>", page)
+    assert sections[:5] == ["Summary", "Separation between groups (AUC)", "Distribution of TuCo",
+                            "TuCo against prompt length", "Cumulative β profile over layers"]
+    assert sections[-1] == "Score files and run metadata"
+    tail = page[page.index("<h2>Score files and run metadata</h2>"):]
+    assert '<details class="meta-fold"><summary>Run metadata (' in tail and "versions.torch" in tail
+    assert "versions.torch" not in page[:page.index("<h2>Score files and run metadata</h2>")]
+    assert "max-height" not in page[page.index(".prompt {"):page.index("}", page.index(".prompt {"))]
+    folder = report.figures_folder(out)
+    assert folder == tmp_path / "paper_figures"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(f"{n}.{ext}" for n in ("tuco_histograms", "tuco_densities", "tuco_vs_length",
+                                                  "beta_profiles") for ext in ("svg", "png"))
+    for svg in folder.glob("*.svg"):
+        assert ElementTree.parse(svg).getroot().tag.endswith("svg")        # a standalone, well-formed SVG
+    for png in folder.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_length_figure_names_each_groups_rank_correlation(tmp_path):
+    import pandas as pd
+
+    rows = make_rows("chat", 40, seed=3)
+    for i, r in enumerate(rows):          # TuCo rising with length, exactly monotone: rho = 1
+        r["n_tokens"] = 10 + 3 * i
+        r["tuco"] = 0.1 + 0.004 * i
+    table = report.load_scores([write_scores(rows, tmp_path / "c.jsonl")])
+    figure = next(f for f in report.build_page(table)[1] if f.name == "tuco_vs_length")
+    assert "ρ = 1.00" in figure.inline
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(5, 50, 60).astype(float), rng.normal(size=60)
+    from tuco_kernels.report.figures import spearman
+    assert spearman(x, y) == pytest.approx(pd.Series(x).rank().corr(pd.Series(y).rank()), abs=1e-12)
+
+
+def test_token_colour_scale_fits_the_values():
+    """Per-token TuCo of 0.1 to 0.3 spreads over the whole ramp, not over its first third."""
+    from tuco_kernels.report.page import token_scale
+
+    lo, hi = token_scale(np.linspace(0.1, 0.3, 500))
+    assert 0.05 <= lo <= 0.1 and 0.3 <= hi <= 0.4
+    assert token_scale(np.array([])) == (0.0, 1.0)
+    assert token_scale(np.full(10, 0.2))[0] < 0.2 <= token_scale(np.full(10, 0.2))[1]
 
 
 def test_committed_example_page():

@@ -81,6 +81,7 @@ def test_example_page_in_chromium(browser, tmp_path):
     assert browser.requests() == [page.as_uri()]                    # nothing fetched beyond the page itself
     figures = browser.evaluate(FIGURES_JS)
     assert [f["label"] for f in figures] == ["TuCo histograms, one panel per group", "TuCo kernel densities per group",
+                                             "TuCo against prompt length per group",
                                              "Mean cumulative beta profile per group"]
     for f in figures:
         assert f["width"] > 300 and f["height"] > 200, f
@@ -89,14 +90,39 @@ def test_example_page_in_chromium(browser, tmp_path):
     assert layout["overflow"] <= 0, "the page scrolls sideways at 1280 px"
     assert layout["summaryRows"] == 3
     assert layout["tokens"] > 100 and layout["colouredTokens"] > 0.9 * layout["tokens"]
-    assert layout["sections"][:4] == ["Summary", "Separation between groups (AUC)", "Distribution of TuCo",
-                                      "Cumulative β profile over layers"]
+    assert layout["sections"][:5] == ["Summary", "Separation between groups (AUC)", "Distribution of TuCo",
+                                      "TuCo against prompt length", "Cumulative β profile over layers"]
+    assert layout["sections"][-1] == "Score files and run metadata"
+    assert browser.evaluate("!document.querySelector('details.meta-fold').open")     # the metadata is folded
+    clipped = browser.evaluate("Array.from(document.querySelectorAll('.prompt'))"
+                               ".filter(e => e.scrollHeight > e.clientHeight + 1 || e.scrollWidth > e.clientWidth + 1)"
+                               ".length")
+    assert clipped == 0, "a prompt's text is cut off inside its cell"
     shot = tmp_path / "report_example.png"
     width, height = browser.screenshot(shot)
     assert _png_size(shot) == (width, height) and width == 1280 and height > 3000
     if UPDATE_DOCS:
         shutil.copyfile(page, ROOT / "docs" / "report_example.html")
         _save_for_docs(shot, ROOT / "docs" / "figures" / "report_example.png")
+
+
+def test_figure_files_beside_the_page_render_on_their_own(browser, tmp_path):
+    """Each figure's standalone SVG opens in the browser with no error and draws; its PNG has the figure's size."""
+    page = write_example_page(tmp_path / "report.html", tmp_path)
+    folder = report.figures_folder(page)
+    svgs = sorted(folder.glob("*.svg"))
+    assert [p.stem for p in svgs] == ["beta_profiles", "tuco_densities", "tuco_histograms", "tuco_vs_length"]
+    for svg in svgs:
+        browser.open(svg.as_uri())
+        assert browser.problems() == [], svg.name
+        drawn = browser.evaluate("Array.from(document.querySelectorAll('path, use, rect, line'))"
+                                 ".filter(s => { const b = s.getBBox(); return b.width > 0 || b.height > 0; }).length")
+        assert drawn > 20, svg.name
+        shot = tmp_path / f"{svg.stem}-shot.png"
+        width, height = browser.screenshot(shot)
+        assert _png_size(shot) == (width, height)
+        w, h = _png_size(svg.with_suffix(".png"))
+        assert w > 600 and h > 300, (svg.name, w, h)
 
 
 def test_narrow_window_keeps_the_page_readable(browser, tmp_path):

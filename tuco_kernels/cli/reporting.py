@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from ..errors import TucoError
-from ..report import load_scores, write_report
+from ..report import figures_folder, load_scores, write_report
 
 
 EXAMPLE = """examples:
@@ -23,8 +23,9 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
         "report", help="one self-contained HTML page from score files",
         description="Summarise score files written by `tuco score` as one self-contained HTML page:\n"
                     "a summary table per group, TuCo histograms and densities, the mean cumulative β profile,\n"
-                    "the AUC between two groups with a bootstrap interval, the top and bottom prompts with their\n"
-                    "text and, where the files have them, per-token TuCo maps.",
+                    "the AUC between two groups with a bootstrap interval, TuCo against prompt length, the top and\n"
+                    "bottom prompts with their text and, where the files have them, per-token TuCo maps. Each figure\n"
+                    "is also written as SVG and PNG into <out>_figures/ beside the page.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scores", nargs="+", metavar="SCORES", help="score files: .csv, .jsonl or .parquet")
     p.add_argument("--out", required=True, help="the HTML file to write (written atomically)")
@@ -68,5 +69,6 @@ def cmd_report(args) -> int:
     flagged = int(table.rows["flagged"].sum())
     print(f"tuco: report of {len(table.rows):,} rows in {len(table.groups)} group(s)"
           + (f" ({flagged:,} flagged)" if flagged else "")
-          + f" written to {out} ({out.stat().st_size / 1024:.0f} KB)", file=sys.stderr)
+          + f" written to {out} ({out.stat().st_size / 1024:.0f} KB); its figures as SVG and PNG in "
+          f"{figures_folder(out)}/", file=sys.stderr)
     return 0

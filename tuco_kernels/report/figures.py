@@ -1,5 +1,6 @@
-"""The report's figures as inline SVG (matplotlib's SVG backend, no pyplot state; text kept as text so the page's
-font renders it): TuCo histograms as small multiples on shared bins, kernel densities, β profiles."""
+"""The report's figures (matplotlib, no pyplot state): TuCo histograms as small multiples on shared bins, kernel
+densities, TuCo against prompt length, β profiles. Each is rendered three ways at once: inline SVG for the page
+(text kept as text so the page's font renders it), and a standalone SVG and a PNG for papers and slides."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import html
 import io
 import math
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,6 +39,25 @@ def _style(key: str):
         "font.sans-serif": ["DejaVu Sans"], "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
         "axes.edgecolor": "#555555", "axes.labelcolor": "#222222", "xtick.color": "#444444",
         "ytick.color": "#444444", "axes.titlesize": 9, "legend.frameon": False})
+
+
+@dataclass(frozen=True)
+class RenderedFigure:
+    """One figure: its file name stem, its accessible label, the page's inline SVG, and standalone SVG and PNG."""
+
+    name: str
+    label: str
+    inline: str
+    svg: bytes
+    png: bytes
+
+
+def _render(fig, key: str, name: str, label: str) -> RenderedFigure:
+    """Inline SVG, standalone SVG and PNG of ``fig`` (called inside its style context, which the files need too)."""
+    svg, png = io.BytesIO(), io.BytesIO()
+    fig.savefig(svg, format="svg", metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
+    fig.savefig(png, format="png", dpi=160, metadata={"Software": None})
+    return RenderedFigure(name, label, _svg(fig, key, label), svg.getvalue(), png.getvalue())
 
 
 def _svg(fig, key: str, label: str) -> str:
@@ -91,7 +112,7 @@ def _bins(values: list[np.ndarray], lo: float, hi: float) -> np.ndarray:
 HIST_COLUMNS_FROM = 9     # this many groups or more: the histogram panels go in three columns
 
 
-def figure_histograms(values: dict[str, np.ndarray], styles) -> str:
+def figure_histograms(values: dict[str, np.ndarray], styles) -> RenderedFigure:
     """Small multiples: one histogram per group on one shared TuCo axis and bins, median marked."""
     groups = list(values)
     lo, hi = _tuco_range(list(values.values()))
@@ -124,7 +145,7 @@ def figure_histograms(values: dict[str, np.ndarray], styles) -> str:
             ax.set_xlim(lo, hi)
             ax.set_xlabel("TuCo (last token)")
             ax.xaxis.set_tick_params(labelbottom=True)
-        return _svg(fig, "hist", "TuCo histograms, one panel per group")
+        return _render(fig, "hist", "tuco_histograms", "TuCo histograms, one panel per group")
 
 
 def _kde(v: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -144,7 +165,7 @@ def _kde(v: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return dens / (v.size * h * math.sqrt(2 * math.pi))
 
 
-def figure_densities(values: dict[str, np.ndarray], styles) -> str:
+def figure_densities(values: dict[str, np.ndarray], styles) -> RenderedFigure:
     """Kernel density of TuCo per group as lines on one axis (groups with fewer than 2 rows left out)."""
     lo, hi = _tuco_range(list(values.values()))
     grid = np.linspace(lo, hi, 400)
@@ -165,10 +186,10 @@ def figure_densities(values: dict[str, np.ndarray], styles) -> str:
         ax.set_axisbelow(True)
         if ax.lines:
             _legend(ax, len(ax.lines))
-        return _svg(fig, "kde", "TuCo kernel densities per group")
+        return _render(fig, "kde", "tuco_densities", "TuCo kernel densities per group")
 
 
-def figure_profiles(profiles: list[Profile], styles) -> str:
+def figure_profiles(profiles: list[Profile], styles) -> RenderedFigure:
     """Mean cumulative β_l per group against the layer, with its 95% interval as a band."""
     with _style("beta"):
         fig = _figure(7.2, 3.5)
@@ -187,9 +208,61 @@ def figure_profiles(profiles: list[Profile], styles) -> str:
         step = 1 if longest <= 20 else max(1, longest // 16)
         ax.set_xticks(np.arange(0, longest, step))
         ax.set_xlim(-0.4, longest - 1 + max(1.2, longest * 0.06))
-        ax.set_xlabel("layer l (0 = first decoder block; the last layer's β is TuCo)")
+        ax.set_xlabel("layer $l$ (0 = first decoder block; the last layer's β is TuCo)")
         ax.set_ylabel("cumulative β$_l$ (mean over prompts)")
         ax.grid(color="#ececec", linewidth=0.6)
         ax.set_axisbelow(True)
         _legend(ax, len(profiles))
-        return _svg(fig, "beta", "Mean cumulative beta profile per group")
+        return _render(fig, "beta", "beta_profiles", "Mean cumulative beta profile per group")
+
+
+def _average_ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks 0 … n-1, tied values sharing their average rank."""
+    order = np.argsort(v, kind="mergesort")
+    ordered = v[order]
+    ranks = np.empty(v.size)
+    i = 0
+    while i < v.size:
+        j = i
+        while j + 1 < v.size and ordered[j + 1] == ordered[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (ties: average ranks); NaN with fewer than 3 points or a constant side."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.size < 3:
+        return float("nan")
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def figure_length(points: dict[str, tuple[np.ndarray, np.ndarray]], styles) -> RenderedFigure:
+    """TuCo against prompt length (tokens), one colour per group, Spearman's ρ per group in the legend: the first
+    confound a reviewer asks about."""
+    lengths = np.concatenate([n for n, _ in points.values() if n.size]) if points else np.array([1.0])
+    with _style("length"):
+        fig = _figure(7.4, 3.4)
+        ax = fig.add_subplot()
+        for g, (n, t) in points.items():
+            if not n.size:
+                continue
+            colour = styles[g][0]
+            rho = spearman(n, t)
+            ax.scatter(n, t, s=10, color=colour, alpha=0.65, linewidths=0,
+                       label=f"{_mpl_text(g)} (n = {n.size}, ρ = {rho:.2f})" if np.isfinite(rho)
+                       else f"{_mpl_text(g)} (n = {n.size})")
+        if lengths.size and lengths.min() > 0 and lengths.max() / lengths.min() > 8:
+            ax.set_xscale("log")
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel("TuCo (last token)")
+        ax.grid(color="#ececec", linewidth=0.6)
+        ax.set_axisbelow(True)
+        if ax.collections:   # beside the axes: points fill the whole plot area
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, markerscale=2.5, handletextpad=0.3)
+        return _render(fig, "length", "tuco_vs_length", "TuCo against prompt length per group")

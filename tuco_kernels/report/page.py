@@ -1,5 +1,9 @@
 """The report page: one self-contained HTML file (no script, font, style or image from outside it), every string
-from the data escaped, written atomically."""
+from the data escaped, written atomically; each figure also as SVG and PNG in a folder beside it.
+
+Order, as a paper reads: the pair and the prompt files; the summary, the AUC, the distributions, TuCo against
+prompt length, the β profile; the extreme prompts and their token maps; flagged rows; then the score files and
+the run metadata, folded."""
 
 from __future__ import annotations
 
@@ -16,13 +20,14 @@ import pandas as pd
 
 from .._version import __version__
 from ..errors import TucoError
-from .figures import HIST_COLUMNS_FROM, figure_densities, figure_histograms, figure_profiles, group_styles
+from .figures import (HIST_COLUMNS_FROM, RenderedFigure, figure_densities, figure_histograms, figure_length,
+                      figure_profiles, group_styles)
 from .read import ScoreTable
 from .stats import AucResult, Profile, beta_profile, compare, extremes, summarise
 
 # ColorBrewer "Blues" (sequential, lightness-ordered, colour-blind safe) for per-token TuCo backgrounds.
 TOKEN_RAMP = ("#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b")
-MAX_TEXT_CHARS = 2000      # prompt text shown per row (the rest is cut, and the cut is said)
+MAX_TEXT_CHARS = 1500      # prompt text shown per row, wrapped in full (the rest is cut, and the cut is said)
 MAX_TOKENS_SHOWN = 400     # token map: the last this many positions (TuCo is measured at the last one)
 MAX_FLAGGED_SHOWN = 50
 
@@ -60,7 +65,9 @@ figure svg text { font-family: var(--font) !important; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; max-width: 75ch; }
 .big { font-size: 30px; font-weight: 650; font-variant-numeric: tabular-nums; letter-spacing: -0.01em; }
 .auc { display: flex; gap: 18px; align-items: baseline; flex-wrap: wrap; margin: 6px 0; }
-.prompt { white-space: pre-wrap; word-break: break-word; max-height: 9.5em; overflow: auto; max-width: 70ch; }
+.prompt { white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.45; max-width: 70ch; }
+.pair { font-size: 15.5px; margin: 2px 0 6px; }
+details.meta-fold > summary { cursor: pointer; color: var(--accent); margin: 6px 0; }
 .dim { color: var(--muted); }
 table.meta { font-size: 12.5px; }
 table.meta td, table.meta th { padding: 3px 10px; }
@@ -117,11 +124,66 @@ def _flatten(meta: dict, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
+def _model_name(value) -> str:
+    """A model as the metadata records it: a hub id, a path, or a record with one of them."""
+    if isinstance(value, dict):
+        for key in ("id", "repo_id", "name", "path", "source"):
+            if value.get(key):
+                return str(value[key])
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _prompt_files(meta: dict) -> list[str]:
+    """The prompt files a run read, from its options (or its command line)."""
+    options = meta.get("options") if isinstance(meta.get("options"), dict) else {}
+    given = options.get("prompts")
+    if isinstance(given, str):
+        return [given]
+    if isinstance(given, list):
+        return [str(g) for g in given]
+    command = meta.get("command")
+    if isinstance(command, str):
+        import shlex
+
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            return []
+        return [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--prompts"]
+    return []
+
+
 def _section_header(table: ScoreTable, title: str) -> str:
     n_rows = len(table.rows)
     n_flagged = int(table.rows["flagged"].sum())
+    metas = [f.meta for f in table.files if f.meta]
+    pairs = list(dict.fromkeys(
+        (_model_name(m["models"].get("pretrained")), _model_name(m["models"].get("finetuned")))
+        for m in metas if isinstance(m.get("models"), dict) and m["models"].get("finetuned") is not None))
+    if pairs:
+        pair = "; ".join(f"pre-trained <b>{_e(a)}</b> → fine-tuned <b>{_e(b)}</b>" for a, b in pairs)
+    else:
+        pair = '<span class="dim">the model pair is not recorded in these files (no run metadata)</span>'
+    prompts = list(dict.fromkeys(p for m in metas for p in _prompt_files(m)))
+    prompt_text = (", ".join(f"<code>{_e(p)}</code>" for p in prompts) if prompts
+                   else '<span class="dim">not recorded</span>')
+    scores = ", ".join(f"<code>{_e(f.path)}</code>" for f in table.files)
     groups = (f"grouped by column <code>{_e(table.group_by)}</code>" if table.group_by
               else "one group per file")
+    flagged = (f'<span class="flag">{_plural(n_flagged, "flagged row")}</span>, counted but left out of every '
+               "statistic and figure." if n_flagged else "No flagged rows.")
+    lede = (f'{_plural(n_rows, "prompt")} from {_plural(len(table.files), "score file")} ({scores}), {groups}: '
+            f'{_plural(len(table.groups), "group")}. {flagged}')
+    return (f'<header><h1>{_e(title)}</h1><p class="pair">{pair}</p>'
+            f'<p class="lede">Prompts: {prompt_text}. {lede}</p>'
+            "<p class=\"explain\">TuCo (Tuning Contribution; Nuti et al., ICML 2025) is the share of the fine-tuned "
+            "model's last-token residual update that comes from fine-tuning: |ΣFTC|₁ / (|ΣPTC|₁ + |ΣFTC|₁), "
+            "from 0 (all pre-training) to 1 (all fine-tuning).</p></header>")
+
+
+def _section_files(table: ScoreTable) -> str:
+    """The score files and their run metadata, at the end: the results come first."""
     file_rows = []
     for i, f in enumerate(table.files):
         sub = table.rows[table.rows["file"] == i]
@@ -131,17 +193,10 @@ def _section_header(table: ScoreTable, title: str) -> str:
                          f'<td class="num">{_count(f.rows)}</td>'
                          f'<td class="num">{_count(int(sub["flagged"].sum()))}</td>'
                          f'<td>{shown}</td><td>{_e(", ".join(f.meta_sources)) or "—"}</td></tr>')
-    flagged = (f'<span class="flag">{_plural(n_flagged, "flagged row")}</span>, counted but left out of every '
-               "statistic and figure." if n_flagged else "No flagged rows.")
-    lede = (f'{_plural(n_rows, "prompt")} from {_plural(len(table.files), "file")}, {groups}: '
-            f'{_plural(len(table.groups), "group")}. {flagged}')
     files = ('<div class="scroll"><table><thead><tr><th>file</th><th>format</th><th class="num">rows</th>'
              '<th class="num">flagged</th><th>group(s)</th><th>run metadata</th></tr></thead><tbody>'
              + "".join(file_rows) + "</tbody></table></div>")
-    return (f'<header><h1>{_e(title)}</h1><p class="lede">{lede}</p>'
-            "<p class=\"explain\">TuCo (Tuning Contribution; Nuti et al., ICML 2025) is the share of the fine-tuned "
-            "model's last-token residual update that comes from fine-tuning: |ΣFTC|₁ / (|ΣPTC|₁ + |ΣFTC|₁), "
-            "from 0 (all pre-training) to 1 (all fine-tuning).</p></header>" + files + _section_meta(table))
+    return "<section><h2>Score files and run metadata</h2>" + files + _section_meta(table) + "</section>"
 
 
 def _section_meta(table: ScoreTable) -> str:
@@ -160,10 +215,11 @@ def _section_meta(table: ScoreTable) -> str:
             cells = "".join(f"<td>{_e(v)}</td>" for v in values)
         rows.append(f"<tr><td>{_e(k)}</td>{cells}</tr>")
     heads = "".join(f"<th>{_e(f.path.name)}</th>" for f in with_meta)
-    return ('<h3>Run metadata</h3><p class="explain">From each file\'s <code>.meta.json</code> sidecar or Parquet '
+    return (f'<details class="meta-fold"><summary>Run metadata ({_plural(len(keys), "key")}; click to show)'
+            '</summary><p class="explain">From each file\'s <code>.meta.json</code> sidecar or Parquet '
             "metadata; a value that every file shares spans all columns.</p><div class=\"scroll\">"
             f'<table class="meta"><thead><tr><th>key</th>{heads}</tr></thead><tbody>{"".join(rows)}</tbody>'
-            "</table></div>")
+            "</table></div></details>")
 
 
 def _section_summary(table: ScoreTable, summary: list[dict], styles) -> str:
@@ -205,22 +261,34 @@ def _section_auc(results: list[AucResult], notes: list[str], styles) -> str:
     return head + lines + meaning + f'<p class="explain">{how}</p></section>'
 
 
-def _section_distributions(values: dict[str, np.ndarray], styles) -> str:
-    if not any(v.size for v in values.values()):
+def _section_distributions(hist: RenderedFigure | None, kde: RenderedFigure | None, n_groups: int) -> str:
+    if hist is None:
         return "<section><h2>Distribution of TuCo</h2><p class=\"note\">No rows with a valid TuCo.</p></section>"
-    wide = ' class="wide"' if len(values) >= HIST_COLUMNS_FROM else ""
+    wide = ' class="wide"' if n_groups >= HIST_COLUMNS_FROM else ""
     return ("<section><h2>Distribution of TuCo</h2><div class=\"figures\">"
-            f"<figure{wide}>{figure_histograms(values, styles)}"
+            f"<figure{wide}>{hist.inline}"
             "<figcaption>Histogram of TuCo per group, one panel each, all "
             "on the same TuCo axis and bins; bar height is the share of the group's prompts, so groups of "
             "different sizes compare directly. The dashed line marks the group's median.</figcaption></figure>"
-            f"<figure>{figure_densities(values, styles)}<figcaption>The same distributions as kernel densities "
+            f"<figure>{kde.inline}<figcaption>The same distributions as kernel densities "
             "(Gaussian kernel, Silverman's bandwidth, reflected at 0 and 1), drawn as lines so they can be "
             "compared on one axis; each curve has area 1.</figcaption></figure></div></section>")
 
 
-def _section_profile(profiles: list[Profile], styles) -> str:
-    if not profiles:
+def _section_length(length: RenderedFigure | None) -> str:
+    if length is None:
+        return ""
+    return ("<section><h2>TuCo against prompt length</h2><p class=\"explain\">Length is the first confound to rule "
+            "out when groups differ in TuCo: if one group's prompts are longer, is it the length or the group? Each "
+            "point is a prompt; the legend gives Spearman's rank correlation ρ within each group (0: no monotone "
+            "relation; ±1: TuCo rises or falls with length in strict order).</p>"
+            f"<figure>{length.inline}<figcaption>TuCo (last token) against the prompt's length in tokens, as "
+            "scored (template included); a log axis when lengths span more than a factor of 8. Flagged rows are "
+            "left out.</figcaption></figure></section>")
+
+
+def _section_profile(profiles: list[Profile], figure: RenderedFigure | None) -> str:
+    if not profiles or figure is None:
         return ""
     left = [f"{p.group}: {p.left_out}" for p in profiles if p.left_out]
     note = (f'<p class="note">Rows without a complete β profile of the group\'s length were left out of this figure '
@@ -231,8 +299,9 @@ def _section_profile(profiles: list[Profile], styles) -> str:
             "FTC<sub>s</sub>|₁) at the last token: it shows where in depth the fine-tuning's share builds up. "
             "At the last layer it is TuCo itself" + (" (printed at each line's end)" if len(profiles) <= 5 else "")
             + ".</p>"
-            f"<figure>{figure_profiles(profiles, styles)}"
-            "<figcaption>Line: mean β<sub>l</sub> over the group's prompts. "
+            f"<figure>{figure.inline}"
+            "<figcaption>Line: mean β<sub>l</sub> over the group's prompts. It can fall from one layer to the next: "
+            "a later layer may add a large pre-trained update, or a fine-tuning change may cancel an earlier one. "
             "<b>Band: 95% confidence interval of that mean</b> (mean ± 1.96 standard errors, normal "
             "approximation): it shows how precisely the mean is known, not the spread of individual prompts."
             f"</figcaption></figure>{note}</section>")
@@ -284,6 +353,17 @@ def _nice_ceiling(x: float) -> float:
     return 1.0
 
 
+def _nice_floor(x: float) -> float:
+    """Round down to a round number (the colour scale's start), 0 for anything at or below 0."""
+    if not np.isfinite(x) or x <= 0:
+        return 0.0
+    base = 10 ** math.floor(math.log10(x))
+    for m in (8, 6, 5, 4, 3, 2.5, 2, 1.5, 1):
+        if x >= m * base - 1e-12:
+            return m * base
+    return 0.0
+
+
 def _ramp_colour(t: float) -> str:
     """Colour of t in [0, 1] on TOKEN_RAMP, linearly interpolated in RGB."""
     t = float(np.clip(t, 0.0, 1.0)) * (len(TOKEN_RAMP) - 1)
@@ -298,7 +378,8 @@ def _token_label(token: str) -> str:
     return token.replace("▁", " ").replace("Ġ", " ").replace("Ċ", "\n").replace("\n", "↵\n")
 
 
-def _token_map(row, scale_max: float) -> str:
+def _token_map(row, scale: tuple[float, float]) -> str:
+    lo, hi = scale
     values = row["token_tuco"]
     tokens = row["tokens"] if row["tokens"] is not None and len(row["tokens"]) == values.size else None
     start = max(0, values.size - MAX_TOKENS_SHOWN)
@@ -312,11 +393,23 @@ def _token_map(row, scale_max: float) -> str:
         if not np.isfinite(v):
             spans.append(f'<span class="tok na" title="{_e(raw)} · position {pos} · TuCo n/a">{_e(label)}</span>')
             continue
-        t = v / scale_max
+        t = (v - lo) / (hi - lo)
         fg = "#ffffff" if t > 0.55 else "#1f2328"
         spans.append(f'<span class="tok" style="background:{_ramp_colour(t)};color:{fg}" '
                      f'title="{_e(raw)} · position {pos} · TuCo {v:.3f}">{_e(label)}</span>')
     return f'<div class="tokmap">{"".join(spans)}</div>'
+
+
+def token_scale(values: np.ndarray) -> tuple[float, float]:
+    """The token maps' colour scale: the 1st to the 99th percentile of the shown values, rounded outwards to round
+    numbers within [0, 1], so that the colours spread over the values there are (not over 0 … 1)."""
+    if not values.size:
+        return 0.0, 1.0
+    lo = _nice_floor(float(np.percentile(values, 1)))
+    hi = _nice_ceiling(float(np.percentile(values, 99)))
+    if hi - lo < 1e-6:
+        lo, hi = 0.0, max(hi, 1e-6)
+    return lo, hi
 
 
 def _section_tokens(shown: list[tuple[str, pd.DataFrame]], styles) -> str:
@@ -324,18 +417,20 @@ def _section_tokens(shown: list[tuple[str, pd.DataFrame]], styles) -> str:
     if not entries:
         return ""
     finite = np.concatenate([r["token_tuco"][np.isfinite(r["token_tuco"])] for _, r in entries])
-    scale_max = _nice_ceiling(float(np.percentile(finite, 99))) if finite.size else 1.0
+    lo, hi = token_scale(finite)
     gradient = ", ".join(TOKEN_RAMP)
     any_strings = any(r["tokens"] is not None for _, r in entries)
-    above = " (higher values get its colour)" if finite.size and finite.max() > scale_max else ""
-    legend = (f'<div class="legend"><span>0</span><div class="ramp" style="background:linear-gradient(to right, '
-              f'{gradient})"></div><span>{scale_max:g}{above}</span><span>· per-token TuCo, linear scale; '
-              '<span class="tok na">hatched</span>: n/a (both norms zero)</span></div>')
+    below = " (lower values get its colour)" if finite.size and finite.min() < lo else ""
+    above = " (higher values get its colour)" if finite.size and finite.max() > hi else ""
+    legend = (f'<div class="legend"><span>{lo:g}{below}</span><div class="ramp" style="background:linear-gradient('
+              f'to right, {gradient})"></div><span>{hi:g}{above}</span><span>· per-token TuCo, linear scale fitted '
+              'to the shown values (1st to 99th percentile, rounded); <span class="tok na">hatched</span>: n/a (both '
+              'norms zero)</span></div>')
     parts = []
     for label, r in entries:
         parts.append(f'<div class="tokhead"><b>{_e(label)}</b> · TuCo <b>{r["tuco"]:.3f}</b><br>'
                      f'{_swatch(styles[r["group"]][0])}{_e(r["group"])} · <span class="mono dim">{_e(r["id"])}</span>'
-                     f"</div>{_token_map(r, scale_max)}")
+                     f"</div>{_token_map(r, (lo, hi))}")
     strings = "" if any_strings else (" The files carry no token strings, so positions are shown as [i].")
     return ("<section><h2>Token maps</h2><p class=\"explain\">Each shown prompt's tokens coloured by TuCo computed at "
             "that position (the ratio of the summed fine-tuning and pre-training contributions to that token's "
@@ -377,11 +472,13 @@ def auc_pairs(table: ScoreTable, requested: list | None) -> list[tuple[str, str]
     return pairs
 
 
-def render_html(table: ScoreTable, *, auc=None, top: int = 10, n_boot: int = 2000, seed: int = 0,
-                title: str | None = None, generated: str | None = None, command: str | None = None) -> str:
-    """The report as one HTML string (see the module docstring for what it holds)."""
+def build_page(table: ScoreTable, *, auc=None, top: int = 10, n_boot: int = 2000, seed: int = 0,
+               title: str | None = None, generated: str | None = None,
+               command: str | None = None) -> tuple[str, list[RenderedFigure]]:
+    """The report as one HTML string, and its figures (see the module docstring for what it holds)."""
     styles = group_styles(table.groups)
-    values = {g: table.valid.loc[table.valid["group"] == g, "tuco"].to_numpy() for g in table.groups}
+    valid = table.valid
+    values = {g: valid.loc[valid["group"] == g, "tuco"].to_numpy() for g in table.groups}
     results, notes = [], []
     for a, b in auc_pairs(table, auc):
         try:
@@ -394,44 +491,76 @@ def render_html(table: ScoreTable, *, auc=None, top: int = 10, n_boot: int = 200
         notes.append("Only one group: no AUC to compute (give two files, --group COLUMN, or --auc A,B).")
     profiles = [p for g in table.groups if (p := beta_profile(table, g)) is not None]
     hi_rows, lo_rows = extremes(table, top)
+    has_values = any(v.size for v in values.values())
+    hist = figure_histograms(values, styles) if has_values else None
+    kde = figure_densities(values, styles) if has_values else None
+    lengths = {g: (valid.loc[valid["group"] == g, "n_tokens"].to_numpy(dtype=float),
+                   valid.loc[valid["group"] == g, "tuco"].to_numpy()) for g in table.groups}
+    lengths = {g: (n[np.isfinite(n)], t[np.isfinite(n)]) for g, (n, t) in lengths.items()}
+    length = figure_length(lengths, styles) if any(n.size for n, _ in lengths.values()) else None
+    profile = figure_profiles(profiles, styles) if profiles else None
     generated = generated or _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     title = title or "TuCo report"
     body = "".join([
         _section_header(table, title),
         _section_summary(table, summarise(table), styles),
         _section_auc(results, notes, styles),
-        _section_distributions(values, styles),
-        _section_profile(profiles, styles),
+        _section_distributions(hist, kde, len(table.groups)),
+        _section_length(length),
+        _section_profile(profiles, profile),
         _section_extremes(table, hi_rows, lo_rows, top, styles),
         _section_tokens([(f"top {i}", hi_rows.iloc[[i - 1]]) for i in range(1, len(hi_rows) + 1)]
                         + [(f"bottom {i}", lo_rows.iloc[[i - 1]]) for i in range(1, len(lo_rows) + 1)], styles),
         _section_flagged(table, styles),
+        _section_files(table),
     ])
     footer = (f"<footer>Generated {_e(generated)} by tuco_kernels {_e(__version__)}"
               + (f" with <code>{_e(command)}</code>" if command else "")
               + ". This page is self-contained: it loads nothing from the network.</footer>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main>{body}{footer}</main></body></html>\n")
+    return page, [f for f in (hist, kde, length, profile) if f is not None]
 
 
-def write_report(table: ScoreTable, out, **options) -> Path:
-    """Render the report and write it to ``out`` atomically (temporary file in the same folder, then rename)."""
+def render_html(table: ScoreTable, **options) -> str:
+    """The report as one HTML string (:func:`build_page` without the figure files)."""
+    return build_page(table, **options)[0]
+
+
+def figures_folder(out: Path) -> Path:
+    """Where the figure files of the report ``out`` go: ``<stem>_figures`` beside it."""
+    return out.with_name(f"{out.stem}_figures")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(table: ScoreTable, out, *, figure_files: bool = True, **options) -> Path:
+    """Render the report and write it to ``out`` atomically (temporary file in the same folder, then rename), and
+    with ``figure_files`` each figure as SVG and PNG into ``<stem>_figures/`` beside it."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise TucoError(f"{out}: the report is HTML; give --out a .html file")
     if not out.parent.exists():
         raise TucoError(f"{out}: directory {out.parent} does not exist")
-    page = render_html(table, **options)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    page, figures = build_page(table, **options)
+    _write_atomically(out, page.encode("utf-8"))
+    if figure_files and figures:
+        folder = figures_folder(out)
+        folder.mkdir(exist_ok=True)
+        for figure in figures:
+            _write_atomically(folder / f"{figure.name}.svg", figure.svg)
+            _write_atomically(folder / f"{figure.name}.png", figure.png)
     return out
