@@ -1,5 +1,5 @@
 """The report page: one self-contained HTML file (no script, font, style or image from outside it), every string
-from the data escaped, written atomically."""
+from the data escaped, written whole."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import datetime as _dt
 import html
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pandas as pd
 
 from .._version import __version__
 from ..errors import TucoError
+from ..files import check_writable, write_atomically
 from .figures import HIST_COLUMNS_FROM, figure_densities, figure_histograms, figure_profiles, group_styles
 from .read import ScoreTable
 from .stats import AucResult, Profile, beta_profile, compare, extremes, summarise
@@ -415,23 +414,23 @@ def render_html(table: ScoreTable, *, auc=None, top: int = 10, n_boot: int = 200
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main>{body}{footer}</main></body></html>\n")
 
 
-def write_report(table: ScoreTable, out, **options) -> Path:
-    """Render the report and write it to ``out`` atomically (temporary file in the same folder, then rename)."""
+def check_report_path(out) -> Path:
+    """``out`` as the report's path, refused (naming why) unless an HTML file can be written there; before any
+    input is read."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise TucoError(f"{out}: the report is HTML; give --out a .html file")
-    if not out.parent.exists():
-        raise TucoError(f"{out}: directory {out.parent} does not exist")
-    page = render_html(table, **options)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if not out.parent.is_dir():
+        what = "is not a directory" if out.parent.exists() else "does not exist"
+        raise TucoError(f"{out}: directory {out.parent} {what}")
+    if out.is_dir():
+        raise TucoError(f"{out}: is a directory; name the .html file to write")
+    check_writable(out.parent, out)
     return out
+
+
+def write_report(table: ScoreTable, out, **options) -> Path:
+    """Render the report and write it to ``out`` whole (:func:`tuco_kernels.files.write_atomically`: a temporary
+    file in the same folder, then a rename; the umask's permissions)."""
+    out = check_report_path(out)
+    return write_atomically(out, render_html(table, **options).encode("utf-8"))
