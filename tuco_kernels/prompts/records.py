@@ -183,9 +183,11 @@ def read_prompt_file(path) -> list[Prompt]:
                           if path.exists() else f"{path}: prompt file not found")
     suffix = path.suffix.lower()
     try:
-        text = path.read_text(encoding="utf-8-sig")   # a UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped
+        raw = path.read_bytes().decode("utf-8-sig")   # a UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped
     except UnicodeDecodeError as exc:
         raise PromptError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    # line ends as universal newlines read them, except in CSV, whose quoted cells keep a \r as written
+    text = raw if suffix == ".csv" else raw.replace("\r\n", "\n").replace("\r", "\n")
     records: list[Prompt] = []
     if suffix == ".jsonl":
         for lineno, line in enumerate(_lines(text), 1):
