@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tuco_kernels"
 
 # lowest first; a module belongs to the layer of its longest matching prefix
 LAYERS = [
-    ("leaves", ["tuco_kernels.errors", "tuco_kernels._version", "tuco_kernels._build_info", "tuco_kernels._C"]),
+    ("leaves", ["tuco_kernels.errors", "tuco_kernels.files", "tuco_kernels._version", "tuco_kernels._build_info", "tuco_kernels._C"]),
     ("ops", ["tuco_kernels.ops"]),
     ("core", ["tuco_kernels.core"]),
     ("offload", ["tuco_kernels.offload"]),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tuco_kernels import report
+from tuco_kernels import files, report
 from tuco_kernels.cli import build_parser, main
 from tuco_kernels.errors import TucoError
 
@@ -351,7 +351,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     def boom(_fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.page.os, "fsync", boom)
+    monkeypatch.setattr(files.os, "fsync", boom)   # the one writer every file goes through
     with pytest.raises(OSError, match="disk full"):
         report.write_report(table, out)
     assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.jsonl", "r.html"]

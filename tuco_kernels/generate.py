@@ -10,6 +10,9 @@ Two ways to get the log-probabilities, with the same picking and stopping:
 * recomputed (``use_cache=False``; streamed pairs): the whole steered sequence through the engine at every
   step (the definition; tests check that both ways give the same tokens).
 
+A row whose log-probabilities stop being finite stops at that token and says why in its ``status``, as scoring
+flags its rows (nothing is picked, let alone sampled, from NaN).
+
 Stop tokens: the tokenizer's EOS, the model's generation-config EOS ids, and, when the prompts are chats, the
 chat template's end-of-turn token (``<end_of_turn>``, ``<|im_end|>``, ``<|eot_id|>``...), found by rendering a
 turn with the template itself. ``token_ids`` keep the stop token; ``text`` is decoded without special tokens.
@@ -149,13 +152,24 @@ class _Recomputed:
 
 
 @torch.no_grad()
-def _decode(stepper, ids, mask, *, max_new_tokens, stop, pad, pick) -> list[list[int]]:
+def _decode(stepper, ids, mask, *, max_new_tokens, stop, pad, pick) -> tuple[list[list[int]], list[int | None]]:
+    """(new tokens per row, the step at which each row's next-token log-probabilities stopped being finite, or
+    None). A row whose log-probabilities are not finite stops there: nothing is picked from NaN."""
     rows: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    broke: list[int | None] = [None] * ids.shape[0]
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=ids.device)
     with stepper.context:
         logp = stepper.first(ids, mask)
         for step in range(max_new_tokens):
+            nonfinite = ~torch.isfinite(logp).all(-1)
+            if bool(nonfinite.any()):
+                for r in (nonfinite & ~done).nonzero().flatten().tolist():
+                    broke[r] = step
+                done |= nonfinite
+                logp = torch.where(nonfinite[:, None], torch.zeros_like(logp), logp)   # pickable; the row is done
+            if bool(done.all()):
+                break
             nxt = pick(logp)
             for r in range(ids.shape[0]):
                 if not done[r]:
@@ -167,7 +181,20 @@ def _decode(stepper, ids, mask, *, max_new_tokens, stop, pad, pick) -> list[list
             if bool(done.all()) or step + 1 == max_new_tokens:
                 break
             logp = stepper.next(ids, mask, nxt)
-    return rows
+    return rows, broke
+
+
+def nonfinite_status(pair, token_ids: list[int], alphas: list[float], backend, step: int) -> str:
+    """Why the log-probabilities after ``token_ids`` (a prompt and the ``step`` tokens generated before) are not
+    finite, in the words scoring uses for its rows: the first layer whose block output is not finite and which
+    block, found by one pass of the engine over the sequence; or the head, when the stream stayed finite."""
+    ids = torch.tensor([token_ids], device=pair.device)
+    dec = decompose_batch(pair, ids, torch.ones_like(ids), alphas, backend=backend)
+    layer, side = int(dec.nonfinite_layer[0]), int(dec.nonfinite_side[0])
+    where = (f"from layer {layer}, the {'pre-trained' if side == 0 else 'fine-tuned'} block's output" if layer >= 0
+             else "the embedding output (x_0) has NaN/inf" if layer == -2
+             else "the next-token logits (the head), with the residual stream finite")
+    return f"non-finite: {where} (at new token {step + 1})"
 
 
 def prepare_generation(pair, prompts, max_new_tokens: int, *, chat=None, system_prompt=None):
@@ -201,7 +228,10 @@ def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: b
         use_cache: the cached way (default for resident pairs) or recomputation (``False``; streamed pairs).
 
     Returns one record per prompt and sample, prompts in input order and samples within each:
-    ``{"id", "sample", "text", "token_ids"}``.
+    ``{"id", "sample", "text", "token_ids", "status"}``. ``status`` is "ok", or, when the next-token
+    log-probabilities stopped being finite (a NaN or inf in a weight, an fp16 overflow, a huge α), why, in the
+    words scoring uses (the first layer and block whose output is not finite) with the new token where it happened;
+    such a completion stops there (``text`` holds what came before).
     """
     max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
     if do_sample and not temperature > 0:
@@ -221,6 +251,7 @@ def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: b
     expanded = [t for t in token_lists for _ in range(num_samples)]
     gens = row_generators(expanded, [k % num_samples for k in range(len(expanded))], seed) if do_sample else None
     new_tokens: list[list[int]] = [[] for _ in expanded]
+    status = ["ok"] * len(expanded)
     for batch in make_batches(expanded, batch_tokens, pad, side="left", alone=not pair.family.pads_invariant):
         stepper = (_Cached if use_cache else _Recomputed)(pair, alphas, backend)
         ids, mask = batch.input_ids.to(pair.device), batch.attention_mask.to(pair.device)
@@ -230,12 +261,14 @@ def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: b
             return pick_tokens(logp, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                                generators=batch_gens)
 
-        for i, toks in zip(batch.indices, _decode(stepper, ids, mask, max_new_tokens=max_new_tokens, stop=stop,
-                                                  pad=pad, pick=pick)):
+        rows, broke = _decode(stepper, ids, mask, max_new_tokens=max_new_tokens, stop=stop, pad=pad, pick=pick)
+        for i, toks, step in zip(batch.indices, rows, broke):
             new_tokens[i] = toks
+            if step is not None:
+                status[i] = nonfinite_status(pair, list(expanded[i]) + toks, alphas, backend, step)
     out = []
     for k, toks in enumerate(new_tokens):
         rec = records[k // num_samples]
         text = pair.tokenizer.decode(toks, skip_special_tokens=True) if pair.tokenizer is not None else None
-        out.append({"id": rec.id, "sample": k % num_samples, "text": text, "token_ids": toks})
+        out.append({"id": rec.id, "sample": k % num_samples, "text": text, "token_ids": toks, "status": status[k]})
     return out

@@ -26,6 +26,8 @@ DEFAULT_BATCH_TOKENS = 4096
 
 
 SCHEDULES = ("prompt", "layer")
+OUTPUT_CO_NONFINITE = ("non-finite: OutputCo, from the pre-trained model's own forward (its last hidden state x_L^PT "
+                       "has NaN/inf)")
 
 
 def score(pair, prompts, *, alpha=1.0, chat: bool | None = None, system_prompt: str | None = None,
@@ -219,6 +221,10 @@ def assemble(records, token_lists, alphas, parts: list[BatchScores], *, layers: 
                 token_tuco[i] = values
         if output_co:
             oco[rows] = part.output_co
+    if output_co:   # TuCo can be finite while the pre-trained model's own forward is not: flag the row all the same
+        for i in np.flatnonzero(~np.isfinite(oco)):
+            if status[i] == "ok":
+                status[i] = OUTPUT_CO_NONFINITE
     truncated = ([r.extra.get("truncated_from", 0) for r in records]
                  if any("truncated_from" in r.extra for r in records) else None)
     tokens = None

@@ -1,13 +1,17 @@
 """What every command shares around its work: the exit codes, the console (tuco's log lines on stderr, other
-libraries quiet unless -v), and errors turned into one line and an exit code."""
+libraries quiet unless -v; text that a terminal's encoding cannot show escaped, not fatal), SIGTERM handled as an
+interrupt is, a closed stdout (``tuco steer ... | head``) as the end of the reader's interest, and errors turned
+into one line and an exit code."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 
@@ -15,7 +19,55 @@ from .._version import __version__
 from ..errors import TucoError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_FLAGGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_PIPE, EXIT_TERMINATED = 141, 143      # 128 + SIGPIPE, 128 + SIGTERM, as a shell reports a process they end
 REPORT_URL = "the project's issue tracker"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job's time limit, torchrun stopping its ranks) raised where the run is, so that it ends
+    as an interrupt does: temporary files removed, locks released, finished shards kept, and a line said."""
+
+
+@contextlib.contextmanager
+def sigterm_as_exception():
+    """While a command runs: the first SIGTERM raises :class:`Terminated` in the main thread; a second one ends
+    the process at once (the default)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def lenient_streams() -> None:
+    """stdout and stderr escape what their encoding cannot show (an ASCII-only terminal or PYTHONIOENCODING=ascii
+    gets ``\\u03b1`` for α) instead of failing the run."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
+
+
+def silence_stdout() -> None:
+    """stdout's reader is gone (a closed pipe): point the descriptor at /dev/null, so that nothing later (the
+    interpreter's last flush included) fails on it again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 class _StderrLines(logging.Handler):
@@ -54,16 +106,23 @@ def console(verbose: bool):
 
 
 def run_command(command, args) -> int:
-    """``command(args)``'s exit code; a user's mistake as ``tuco: error: ...`` (2), an interrupt (130), a bug as
-    one line with its traceback saved to a file (1)."""
+    """``command(args)``'s exit code; a user's mistake as ``tuco: error: ...`` (2), an interrupt (130), SIGTERM
+    (143), a closed stdout (141, quietly), a bug as one line with its traceback saved to a file (1)."""
     try:
-        return command(args)
+        with sigterm_as_exception():
+            return command(args)
     except TucoError as exc:
         print(f"tuco: error: {exc}", file=sys.stderr)
         return EXIT_USER
+    except Terminated:
+        print("tuco: terminated (SIGTERM); no output written", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("tuco: interrupted; no output written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:   # stdout's reader stopped reading (`tuco ... | head`): stop, quietly, as `cat` would
+        silence_stdout()
+        return EXIT_PIPE
     except Exception as exc:  # a bug: one line here, the traceback in a file for the report
         fd, path = tempfile.mkstemp(prefix="tuco-crash-", suffix=".txt")
         with os.fdopen(fd, "w") as f:

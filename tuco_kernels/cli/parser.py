@@ -13,7 +13,7 @@ from ..prompts.tokenize import TRUNCATE_SIDES
 from .console import EXIT_USER
 from .reporting import add_report_parser
 from .sharded import add_dataset_args
-from .values import alpha_value, positive_float, positive_int, probability
+from .values import alpha_value, memory_size, positive_float, positive_int, probability
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,7 +90,7 @@ def _add_memory_args(p: argparse.ArgumentParser, scoring: bool):
                    help="where block weights live: none (on the device), cpu (page-locked host memory, streamed per "
                         "layer), disk (read per layer from the safetensors files); default: none, or what "
                         "--max-gpu-memory needs")
-    g.add_argument("--max-gpu-memory", metavar="SIZE", help="device memory budget, e.g. 8GiB: picks --offload and "
+    g.add_argument("--max-gpu-memory", type=memory_size, metavar="SIZE", help="device memory budget, e.g. 8GiB: picks --offload and "
                                                             "sizes the batches")
     g.add_argument("--no-prefetch", action="store_true", help="with --offload: copy each layer only when it runs")
     if scoring:
@@ -165,3 +165,33 @@ def build_parser() -> argparse.ArgumentParser:
     r = add_report_parser(sub)
     _add_common(r)
     return parser
+
+
+def join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--max-gpu-memory -1GiB`` as ``--max-gpu-memory=-1GiB`` (and so for every option of the command that takes
+    one value), so that a value starting with "-" reaches the option's own check, which names what is wrong with
+    it, instead of argparse's "expected one argument". A following token that is itself an option is left alone."""
+    argv = list(argv)
+    if not argv:
+        return argv
+    commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    sub = commands.get(argv[0])
+    if sub is None:
+        return argv
+    options = {o for a in sub._actions for o in a.option_strings}
+    takes_one = {o for a in sub._actions if a.option_strings and a.nargs is None for o in a.option_strings}
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            out += argv[i:]
+            break
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if token in takes_one and nxt is not None and nxt.startswith("-") and len(nxt) > 1 \
+                and nxt.split("=", 1)[0] not in options:
+            out.append(f"{token}={nxt}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out

@@ -3,7 +3,6 @@ prompt file, α against the config's layer count) before any model loads, then t
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import warnings
@@ -11,9 +10,10 @@ import warnings
 from .. import ops
 from ..errors import OptionError
 from ..core.families import n_layers_of_config
+from ..dataset import dist_env
 from ..models import hub
 from ..models.load import load_pair
-from ..models.sources import parse_device, parse_dtype, read_config
+from ..models.sources import is_adapter_dir, parse_device, parse_dtype, read_adapter_config, read_config
 from ..prompts.records import read_prompt_file
 from ..prompts.templates import TemplateMismatchWarning, paper_template, use_paper_template
 from ..prompts.tokenize import rendering
@@ -29,8 +29,24 @@ def n_layers_of(args) -> int | None:
     """The fine-tuned side's layer count from its config (no weights read); None when it cannot be told yet."""
     if args.pretrained is None:
         return None   # the default pair: known once fetched, checked by the scoring itself
-    source = args.pretrained if os.path.isfile(os.path.join(args.finetuned, "adapter_config.json")) else args.finetuned
-    return n_layers_of_config(read_config(source))
+    adapter = is_adapter_dir(args.finetuned)
+    if adapter:
+        read_adapter_config(args.finetuned)
+    return n_layers_of_config(read_config(args.pretrained if adapter else args.finetuned))
+
+
+def one_process(what: str, instead: str) -> bool:
+    """True outside torchrun. Under torchrun (WORLD_SIZE > 1), where ``what`` would make every rank do all the work
+    and write the same file: rank 0 refuses in one line (with what to do ``instead``), the others return False to
+    stop without repeating it."""
+    env = dist_env()
+    if not env.distributed:
+        return True
+    if env.rank == 0:
+        raise OptionError(f"{what} runs in one process, but this is rank 0 of {env.world_size} under torchrun "
+                          f"(WORLD_SIZE={env.world_size}), where every rank would do all the work and write the same "
+                          f"file; {instead}")
+    return False
 
 
 def check_before_loading(args, alphas) -> list:

@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from ..errors import TucoError
-from ..report import figures_folder, load_scores, write_report
+from ..report import check_report_path, figures_folder, load_scores, write_report
 
 
 EXAMPLE = """examples:
@@ -63,6 +63,7 @@ def cmd_report(args) -> int:
         raise TucoError(f"--top {args.top}: must be at least 1")
     if args.bootstrap < 1:
         raise TucoError(f"--bootstrap {args.bootstrap}: must be at least 1")
+    check_report_path(args.out)   # before reading anything: a folder that cannot take the page
     table = load_scores(args.scores, group=args.group, names=args.names)
     out = write_report(table, args.out, auc=args.auc, top=args.top, n_boot=args.bootstrap, seed=args.seed,
                        title=args.title, command=_command_line(args))

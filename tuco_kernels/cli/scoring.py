@@ -5,17 +5,30 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import OptionError
+from ..models.sources import parse_device
 from ..prompts.output import OutputTarget
 from ..result import run_metadata
 from ..score import score
-from .console import EXIT_FLAGGED, EXIT_OK
-from .prepare import check_before_loading, command_line, estimated_bytes, load, options_of
+from .console import EXIT_FLAGGED, EXIT_OK, EXIT_USER
+from .prepare import (check_before_loading, command_line, default_device, estimated_bytes, load, one_process,
+                      options_of)
 from .sharded import check_file_out_args, cmd_score_dataset, is_dataset_out
 
 
 def cmd_score(args) -> int:
+    if not str(args.out).strip():
+        raise OptionError("--out is empty; name a .jsonl, .csv or .parquet file, or a directory (DIR/)")
+    sharded = is_dataset_out(args.out)
+    if not sharded and not one_process("tuco score with a file --out", "give --out a directory (DIR/): its shards "
+                                       "are shared by the ranks"):
+        return EXIT_USER
     prompts = check_before_loading(args, [args.alpha])
-    if is_dataset_out(args.out):  # --out DIR/: sharded and resumable, torchrun-aware
+    device = parse_device(default_device(args.device))
+    if args.max_gpu_memory and device.type != "cuda":
+        raise OptionError(f"--max-gpu-memory {args.max_gpu_memory} is a budget for a CUDA device, but the device is "
+                          f"{device}")
+    if sharded:  # --out DIR/: sharded and resumable, torchrun-aware
         return cmd_score_dataset(args, lambda a: (load(a), prompts))
     check_file_out_args(args)
     per_row = 160 + (3 * 24 * 64 if args.layers else 0) + (4000 if args.token_map else 0)

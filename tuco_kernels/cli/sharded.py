@@ -19,13 +19,19 @@ from ..dataset import (DEFAULT_SHARD_TOKENS, DEFAULT_TIMEOUT_S, EXTRA_FORMATS, L
 from ..errors import TucoError
 from ..models.load import choose_offload
 from ..models.sources import parse_dtype
-from .console import EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER
+from ..prompts.output import OUTPUT_SUFFIXES
+from .console import EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USER, Terminated
 from .values import positive_float, positive_int
 
 
 def is_dataset_out(out: str) -> bool:
-    """``--out DIR/`` or an existing directory: the sharded mode."""
-    return str(out).endswith(("/", os.sep)) or Path(out).is_dir()
+    """``--out DIR/``, or an existing directory whose name is not that of a results file: the sharded mode. An
+    existing directory named like a file (``x.jsonl``) is refused by the file check instead, naming it: a typo must
+    not turn into a sharded run."""
+    out = str(out)
+    if out.endswith(("/", os.sep)):
+        return True
+    return Path(out).is_dir() and Path(out).suffix.lower() not in OUTPUT_SUFFIXES
 
 
 def _formats(text: str) -> list[str]:
@@ -81,6 +87,20 @@ def _offload_for_ranks(args, env) -> None:
                   file=sys.stderr)
 
 
+def stopped_how(env, coord, what: str) -> str:
+    """Why this run stopped, in words: under torchrun, a rank whose process is gone (torchrun then stops the
+    others), or torchrun stopping every rank; alone, ``what``."""
+    if not env.distributed:
+        return what
+    gone = coord.lost_ranks()
+    if gone:
+        rank, where = gone[0]
+        return (f"rank {rank} ({where}) died (killed or crashed), and torchrun then stopped the other ranks "
+                f"(rank {env.rank} {what})")
+    return (f"rank {env.rank} {what}: torchrun stops every rank when one of them fails or the job is cancelled "
+            f"(its report names the rank)")
+
+
 def cmd_score_dataset(args, load) -> int:
     """``load(args) -> (pair, prompts)`` is the command line's own loader (prepare.load)."""
     env = dist_env()
@@ -115,11 +135,14 @@ def cmd_score_dataset(args, load) -> int:
     except TucoError as exc:
         coord.abort(str(exc), EXIT_USER)
         raise
-    except KeyboardInterrupt:
-        coord.abort(f"rank {env.rank} was interrupted", EXIT_INTERRUPTED)
-        print(f"tuco: interrupted; the finished shards in {args.out} are kept: rerun the same command to resume",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        what, code = ("terminated (SIGTERM)", EXIT_TERMINATED) if terminated else ("interrupted", EXIT_INTERRUPTED)
+        coord.abort(f"rank {env.rank} was {what}", code)
+        if coord.first_to_report():   # under torchrun every rank is stopped: one of them says so
+            print(f"tuco: {stopped_how(env, coord, what)}; the finished shards in {args.out} are kept: rerun the "
+                  f"same command to resume", file=sys.stderr)
+        return code
     except BaseException as exc:
         coord.abort(f"{type(exc).__name__}: {exc}")
         raise

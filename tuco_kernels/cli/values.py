@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import TucoError
+from ..offload.budget import parse_size
+
 
 def positive_int(text: str) -> int:
     try:
@@ -42,3 +45,13 @@ def alpha_value(text: str):
     if not all(v == v and abs(v) != float("inf") for v in values):
         raise argparse.ArgumentTypeError(f"must be finite: {text!r}")
     return values[0] if len(values) == 1 else values
+
+
+def memory_size(text: str) -> str:
+    """A memory budget such as 8GiB, checked here and kept as written (load_pair and score read it)."""
+    try:
+        parse_size(text)
+    except TucoError:
+        raise argparse.ArgumentTypeError(f"not a memory size: {text!r}; write a positive size with its unit, e.g. "
+                                         f"8GiB, 24GB or 512MiB") from None
+    return text

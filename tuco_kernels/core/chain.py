@@ -269,6 +269,11 @@ def _pads_invariant(model, family: Family, ids, mask, rec: _Recording, runners) 
     alone, _ = _record_forward(model, family, ids[1:, :n], mask[1:, :n], runners)
     batched, single = rec.outputs[-1][1, :n].double(), alone.outputs[-1][0].double()
     tolerance = 1e-4 if rec.outputs[-1].dtype in (torch.float32, torch.float64) else 3e-2
+    if not (bool(torch.isfinite(batched).all()) and bool(torch.isfinite(single).all())):
+        log.warning("model_type %r: the probe's hidden states are not finite (a NaN or inf in the weights, or an "
+                    "overflow in this dtype), so whether a prompt's scores depend on its batch cannot be told; "
+                    "scoring one prompt per batch (rows that are not finite are flagged)", family.model_type)
+        return False
     error = float((batched - single).norm() / single.norm().clamp(min=1e-30))
     if error <= tolerance:
         return True

@@ -146,6 +146,14 @@ class Coordinator:
     def check_abort(self) -> None:
         pass
 
+    def first_to_report(self) -> bool:
+        """Whether this rank is the first to ask (so that a job's ranks stopped together say it once)."""
+        return True
+
+    def lost_ranks(self) -> list[tuple[int, str]]:
+        """(rank, "host pid N") of the other ranks on this host whose processes are gone."""
+        return []
+
     def close(self) -> None:
         pass
 
@@ -254,6 +262,28 @@ class StoreCoordinator(Coordinator):
                 self.add("abort_seen", 1)
                 raise RunAborted(f"rank {info['rank']} failed: {info['message']}", info.get("code", 1))
 
+    def first_to_report(self) -> bool:
+        try:
+            with self._lock:
+                value = self.store.compare_set("reported", "", str(self.rank))
+            return value.decode() == str(self.rank)
+        except Exception:  # noqa: BLE001 - the store is gone: nobody else can be asked, so say it here
+            return True
+
+    def lost_ranks(self) -> list[tuple[int, str]]:
+        gone = []
+        for r in range(self.world_size):
+            if r == self.rank:
+                continue
+            try:
+                where = self.get(f"host/{r}")
+            except TucoError:
+                return gone
+            host, _, pid = (where or "").partition(" pid ")
+            if host == self.host and pid.isdigit() and not _alive(int(pid)):
+                gone.append((r, where))
+        return gone
+
     def wait(self, key: str, *, from_ranks: list[int], what: str) -> str:
         """The value of ``key`` once set, watching ``from_ranks`` for life and every rank for an abort."""
         while True:
@@ -289,6 +319,21 @@ class StoreCoordinator(Coordinator):
                 pass
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return state not in ("Z", "X")
 
 
 def connect(env: DistEnv | None = None, *, timeout: float = DEFAULT_TIMEOUT_S) -> Coordinator:

@@ -1,8 +1,10 @@
 """The merge: every finished shard's rows in input order into ``scores.parquet`` (and ``scores.csv`` /
-``scores.jsonl``, byte for byte what ``tuco score`` writes), refused when the shards' rows are not each prompt once."""
+``scores.jsonl``, byte for byte what ``tuco score`` writes); each shard checked to be this run's first, and the whole
+refused when the shards' rows are not each prompt once."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -12,16 +14,32 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import TucoError
+from ..files import write_atomically
 from ..prompts.output import write_records
-from .layout import ROW, Layout, atomic_write
+from .layout import ROW, Layout
+from .verify import check_shard, set_aside
 
 EXTRA_FORMATS = ("csv", "jsonl")
 MERGE_CHUNK = 50_000
 
 
-def merge_shards(layout: Layout, n_shards: int, n_rows: int, formats=()) -> Path:
-    """Every shard's rows in input order into ``scores.parquet`` (+ ``scores.<fmt>`` for ``formats``)."""
-    tables = [pq.read_table(layout.shard(k)).replace_schema_metadata(None) for k in range(n_shards)]
+def merge_shards(layout: Layout, n_shards: int, n_rows: int, formats=(), *, plan_shards=None, ids=None,
+                 fingerprint_sha: str | None = None) -> Path:
+    """Every shard's rows in input order into ``scores.parquet`` (+ ``scores.<fmt>`` for ``formats``). With the
+    run's ``plan_shards``, prompt ``ids`` and ``fingerprint_sha``, each shard is first checked to be this run's
+    (:func:`~tuco_kernels.dataset.verify.check_shard`); one that is not is set aside and named."""
+    tables = []
+    for k in range(n_shards):
+        path = layout.shard(k)
+        if plan_shards is None:
+            table = pq.read_table(path)
+        else:
+            table, problem = check_shard(path, plan_shards[k], fingerprint_sha, ids)
+            if problem is not None:
+                moved = set_aside(path) if os.path.lexists(path) else path
+                raise TucoError(f"shard {k} ({path}) changed after it was checked: {problem}. It is set aside "
+                                f"({moved.name}): rerun the same command to score it again")
+        tables.append(table.replace_schema_metadata(None))
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -32,7 +50,7 @@ def merge_shards(layout: Layout, n_shards: int, n_rows: int, formats=()) -> Path
         raise TucoError(f"{layout.shards}: the shards hold {len(rows)} rows for {n_rows} prompts "
                         f"({len(np.unique(rows))} distinct); delete the directory to start over")
     table = table.drop_columns([ROW])
-    atomic_write(layout.scores("parquet"), lambda f: pq.write_table(table, f))
+    write_atomically(layout.scores("parquet"), lambda f: pq.write_table(table, f))
     for fmt in formats:
         write_rows(table, layout.scores(fmt))
     return layout.scores("parquet")
@@ -50,4 +68,4 @@ def write_rows(table: pa.Table, path: Path) -> Path:
                     data = data.split(b"\n", 1)[1]  # one header
                 f.write(data)
 
-    return atomic_write(path, write)
+    return write_atomically(path, write)

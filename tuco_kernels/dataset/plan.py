@@ -116,18 +116,32 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({n} thread{'s' if n != 1 else ''})"
 
 
-def check_plan(out_dir, fingerprint: dict) -> dict | None:
-    """The existing ``plan.json`` of ``out_dir`` (None if there is none) after checking ``fingerprint`` (all of
-    it, or the fields known before the models load) against it."""
-    layout = Layout(out_dir)
+def read_plan(layout: Layout) -> tuple[dict | None, str | None]:
+    """(plan.json's content, None); (None, None) when there is none; (None, why) when it is damaged (not UTF-8,
+    not JSON, no fingerprint object): then it is written again, each finished shard being checked against this
+    run's own fingerprint before it counts."""
     if not layout.plan.is_file():
-        return None
+        return None, None
     try:
-        plan = json.loads(layout.plan.read_text())
-        old = plan["fingerprint"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise PlanMismatch(f"{layout.plan}: unreadable ({exc!r}); delete the directory to start over") from None
+        plan = json.loads(layout.plan.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except (OSError, ValueError, RecursionError) as exc:
+        return None, f"not readable JSON ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})"
+    if not isinstance(plan, dict) or not isinstance(plan.get("fingerprint"), dict):
+        return None, "no fingerprint in it"
+    return plan, None
+
+
+def check_plan(out_dir, fingerprint: dict) -> dict | None:
+    """The existing ``plan.json`` of ``out_dir`` after checking ``fingerprint`` (all of it, or the fields known
+    before the models load) against it; None when there is none or it is damaged (:func:`read_plan`)."""
+    layout = Layout(out_dir)
+    plan, _ = read_plan(layout)
+    if plan is None:
+        return None
     if plan.get("format") != PLAN_FORMAT:
-        raise PlanMismatch(f"{layout.plan}: plan format {plan.get('format')}, this version writes {PLAN_FORMAT}")
-    compare_fingerprints(old, fingerprint, str(layout.plan))
+        raise PlanMismatch(f"{layout.plan}: plan format {plan.get('format')}, this version writes {PLAN_FORMAT}; "
+                           f"finish that run with the version that started it, or use another output directory")
+    compare_fingerprints(plan["fingerprint"], fingerprint, str(layout.plan))
     return plan

@@ -6,6 +6,7 @@ went."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -18,17 +19,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from ..errors import TucoError
+from ..errors import TucoError, positive_int
+from ..files import write_json
 from ..offload.budget import check_peak, parse_size
 from ..prompts.tokenize import pad_id_of, use_chat
 from ..score import DEFAULT_BATCH_TOKENS, SCHEDULES
 from .coordinator import Coordinator, RankLost, RunAborted, connect
-from .layout import DirectoryLock, Layout, now, write_json
+from .layout import DirectoryLock, Layout, now
 from .merge import EXTRA_FORMATS, merge_shards
-from .plan import DatasetPlan, check_plan, compare_fingerprints, device_name, make_plan
+from .plan import DatasetPlan, check_plan, compare_fingerprints, device_name, make_plan, read_plan
 from .progress import Progress
 from .scoring import score_shard, write_shard
 from .tokens import tokenize_all
+from .verify import merged_problem, output_sizes, set_aside, shard_problem
 
 DEFAULT_SHARD_TOKENS = 262144      # padded tokens per shard: one layer-major sweep's worth (offload/budget.py)
 
@@ -83,7 +86,8 @@ def score_dataset(pair, prompts, out_dir, *, alpha=1.0, chat: bool | None = None
     The arguments shared with :func:`~tuco_kernels.score` mean the same and give the same numbers, row for row.
 
     Args:
-        shard_tokens: padded tokens per shard (whole micro-batches; a batch bigger than this is a shard alone).
+        shard_tokens: padded tokens per shard (whole micro-batches; below ``batch_tokens`` it caps the micro-batches
+            too, and says so; a single prompt longer than it is a shard alone).
             Fewer, larger shards mean fewer files and, with offload, whole layer-major sweeps; smaller ones lose
             less to a crash and balance ranks better at the end of a run.
         formats: also merge into ``scores.csv`` / ``scores.jsonl`` (``scores.parquet`` is always written).
@@ -112,6 +116,14 @@ def score_dataset(pair, prompts, out_dir, *, alpha=1.0, chat: bool | None = None
         **({"timeout": rank_timeout} if rank_timeout is not None else {}))
     lock = None
     try:
+        shard_tokens = positive_int("shard_tokens", shard_tokens)
+        batch_tokens = positive_int("batch_tokens", batch_tokens)
+        if shard_tokens < batch_tokens:   # a shard is whole micro-batches: cap them, or shards would overshoot
+            if coord.rank == 0:
+                _say(f"shards of {shard_tokens} tokens (--shard-tokens, shard_tokens) are smaller than a micro-batch "
+                     f"of {batch_tokens} (--batch-tokens, batch_tokens): micro-batches are capped at {shard_tokens} "
+                     f"tokens so that shards keep to it")
+            batch_tokens = shard_tokens
         records, tokens = tokenize_all(pair, prompts, chat=chat, system_prompt=system_prompt, truncate=truncate)
         _check_ids(records)
         plan = make_plan(pair, records, tokens, alpha=alpha, chat=chat, system_prompt=system_prompt,
@@ -120,7 +132,7 @@ def score_dataset(pair, prompts, out_dir, *, alpha=1.0, chat: bool | None = None
                          shard_tokens=shard_tokens)
         layout = Layout(out_dir, len(plan.shards))
         if coord.rank == 0:
-            lock = _prepare_directory(layout, plan, coord)
+            lock = _prepare_directory(layout, plan, coord, [r.id for r in records])
         state = coord.wait_json("plan", from_rank=0, what="rank 0's plan")
         if coord.rank != 0:
             compare_fingerprints(state["fingerprint"], plan.fingerprint, f"rank 0's plan (this is rank {coord.rank})")
@@ -153,16 +165,31 @@ def _check_ids(records) -> None:
                         f"prompt an id of the same kind, or none") from None
 
 
-def _prepare_directory(layout: Layout, plan: DatasetPlan, coord: Coordinator) -> DirectoryLock:
-    """Rank 0: lock, check or write plan.json, clear what a killed run left half-written, list what is left."""
+def _prepare_directory(layout: Layout, plan: DatasetPlan, coord: Coordinator, ids: list) -> DirectoryLock:
+    """Rank 0: lock, check or write plan.json (again, when damaged), clear what a killed run left half-written,
+    check every finished shard (:mod:`.verify`: a damaged or foreign one is set aside and scored again, with a line
+    naming it) and list what is left."""
     layout.make()
     lock = DirectoryLock(layout.root)
     try:
+        _, damage = read_plan(layout)
+        if damage is not None:
+            _say(f"{layout.plan} is damaged ({damage}); writing it again (each finished shard is checked against "
+                 f"this run's fingerprint before it counts)")
         existing = check_plan(layout.root, plan.fingerprint)
         if existing is None:
             write_json(layout.plan, plan.to_json())
         layout.remove_partials()
-        pending = [s.k for s in plan.shards if not layout.shard(s.k).is_file()]
+        pending = []
+        for s in plan.shards:
+            path = layout.shard(s.k)
+            problem = shard_problem(path, s, plan.fingerprint_sha, ids) if os.path.lexists(path) else "missing"
+            if problem is None:
+                continue
+            pending.append(s.k)
+            if problem != "missing":
+                moved = set_aside(path)
+                _say(f"shard {s.k} ({path}): {problem}; scoring it again (the file is kept as {moved.name})")
         if pending:
             layout.success.unlink(missing_ok=True)
         coord.set_json("plan", {"fingerprint": plan.fingerprint, "pending": pending})
@@ -170,6 +197,10 @@ def _prepare_directory(layout: Layout, plan: DatasetPlan, coord: Coordinator) ->
         lock.release()
         raise
     return lock
+
+
+def _say(line: str) -> None:
+    print(f"tuco: {line}", file=sys.stderr, flush=True)
 
 
 def _run(pair, coord: Coordinator, layout: Layout, plan: DatasetPlan, state: dict, records, tokens, *, alphas,
@@ -235,7 +266,8 @@ def _run(pair, coord: Coordinator, layout: Layout, plan: DatasetPlan, state: dic
     if coord.rank == 0:
         final = _finish(layout, plan, formats, {
             "world_size": coord.world_size, "shards_scored": len(pending),
-            "tokens_scored": coord.add("scored_tokens", 0), "scoring_seconds": round(time.perf_counter() - t0, 3)})
+            "tokens_scored": coord.add("scored_tokens", 0), "scoring_seconds": round(time.perf_counter() - t0, 3)},
+            [r.id for r in records])
         coord.set_json("final", final)
         bar.close()
         # with rank 0 hosting the store (no torchrun agent), stay until every rank has read the outcome
@@ -257,17 +289,22 @@ def _run(pair, coord: Coordinator, layout: Layout, plan: DatasetPlan, state: dic
     return run
 
 
-def _finish(layout: Layout, plan: DatasetPlan, formats, this_run: dict) -> dict:
+def _finish(layout: Layout, plan: DatasetPlan, formats, this_run: dict, ids: list) -> dict:
     """Rank 0, every rank done: the failed shards, or the merge and _SUCCESS (with ``this_run``: how the last
-    run went, from its first claim to its last shard)."""
+    run went, from its first claim to its last shard). Merged outputs that a finished run left damaged (their
+    sizes differ from what _SUCCESS recorded) are merged again, with a line saying so."""
     failed = [s.k for s in plan.shards if not layout.shard(s.k).is_file()]
     if failed:
         return {"failed": failed}
-    wanted = [layout.scores("parquet")] + [layout.scores(f) for f in formats]
-    if not (layout.success.is_file() and all(p.is_file() for p in wanted)):
+    problem = merged_problem(layout, formats, plan.fingerprint_sha, plan.n_prompts)
+    if problem is not None:
+        if problem:
+            _say(f"{problem}; merging the shards again")
         t0 = time.perf_counter()
-        merge_shards(layout, len(plan.shards), plan.n_prompts, formats)
+        merge_shards(layout, len(plan.shards), plan.n_prompts, formats, plan_shards=plan.shards, ids=ids,
+                     fingerprint_sha=plan.fingerprint_sha)
         write_json(layout.success, {"finished": now(), "n_prompts": plan.n_prompts, "n_shards": len(plan.shards),
                                      "fingerprint_sha256": plan.fingerprint_sha, "formats": ["parquet", *formats],
+                                     "sizes": output_sizes(layout, formats),
                                      "merge_seconds": round(time.perf_counter() - t0, 3), "last_run": this_run})
     return {"failed": []}

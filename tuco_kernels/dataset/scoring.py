@@ -10,10 +10,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..files import write_atomically
 from ..prompts.batching import pad_batch
 from ..result import TuCoResult
 from ..score import assemble, group_batches, score_groups
-from .layout import ROW, Layout, atomic_write
+from .layout import ROW, Layout
 from .shards import Shard
 from .tokens import TokenTable
 
@@ -45,4 +46,4 @@ def score_shard(pair, shard: Shard, records, tokens: TokenTable, *, alphas, laye
 
 def write_shard(layout: Layout, k: int, table: pa.Table, meta: dict) -> Path:
     table = table.replace_schema_metadata({b"tuco_shard": json.dumps(meta).encode()})
-    return atomic_write(layout.shard(k), lambda f: pq.write_table(table, f))
+    return write_atomically(layout.shard(k), lambda f: pq.write_table(table, f))

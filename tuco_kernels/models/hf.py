@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -123,8 +124,25 @@ def apply_adapter(base, adapter_dir: Path, allow_pickle: bool):
     try:
         peft_model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
     except Exception as exc:  # PEFT, safetensors and torch errors alike
+        mismatch = _SIZE_MISMATCH.search(str(exc))
+        if mismatch:
+            name = mismatch["name"].removeprefix("base_model.model.").replace(".default", "")
+            more = len(_SIZE_MISMATCH.findall(str(exc))) - 1
+            raise ModelError(f"{adapter_dir}: the adapter was made for another base model: {name} is "
+                             f"{_shape(mismatch['stored'])} in the adapter but {_shape(mismatch['model'])} for this "
+                             f"pre-trained model" + (f" ({more} more tensors differ)" if more else "")) from None
         raise ModelError(f"{adapter_dir}: the adapter does not fit the pre-trained model: {first_line(exc)}") from None
     return peft_model.merge_and_unload()
+
+
+# torch's load_state_dict report, one line per tensor
+_SIZE_MISMATCH = re.compile(r"size mismatch for (?P<name>\S+): copying a param with shape torch\.Size\((?P<stored>"
+                            r"\[[^\]]*\])\) from checkpoint, the shape in current model is torch\.Size\("
+                            r"(?P<model>\[[^\]]*\])\)")
+
+
+def _shape(text: str) -> str:
+    return text.replace(" ", "")
 
 
 def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

@@ -74,9 +74,30 @@ def resolve(source: str) -> HubModel:
         raise ModelError(f"{source}: not a local path, and the Hugging Face hub cannot provide it: "
                          f"{_first_line(exc)}") from None
     snapshot = Path(path)
+    check_snapshot(source, snapshot, revision or "main")
     if not any(snapshot.glob("*.json")):
         raise ModelError(f"{source}: the hub snapshot {snapshot} has no config.json or adapter_config.json")
     return HubModel(repo, snapshot.name, str(snapshot))
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def check_snapshot(source: str, snapshot: Path, revision: str) -> None:
+    """A cached snapshot as huggingface_hub lays it out (``snapshots/<commit>``, files linked into ``blobs/``), or
+    a :class:`ModelError` saying how the cache entry is damaged: a ref that names no commit (an empty
+    ``refs/main`` resolves to the ``snapshots`` folder itself), or files whose blobs are gone."""
+    repo_dir = next((p for p in snapshot.parents if p.name.startswith("models--")), snapshot.parent)
+    fix = (f"download it again (hf download {source.partition('@')[0]}) or delete {repo_dir} and let it be "
+           f"fetched")
+    if not _COMMIT.fullmatch(snapshot.name):
+        raise ModelError(f"{source}: the Hugging Face cache entry is damaged: refs/{revision} "
+                         f"({repo_dir / 'refs' / revision}) does not name a commit; {fix}")
+    missing = sorted(p.name for p in snapshot.iterdir() if p.is_symlink() and not p.exists())
+    if missing:
+        raise ModelError(f"{source}: the cached snapshot {snapshot.name[:12]} is incomplete: {missing[0]}"
+                         f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} links to a missing blob; "
+                         f"{fix}")
 
 
 def _first_line(exc: Exception) -> str:

@@ -28,7 +28,8 @@ from ..offload.lora import LoraAdapter
 from ..offload.streamed import streamed_pair
 from . import default_pair, hub
 from .hf import apply_adapter, load_model, log, prepare_model, tokenizers_for
-from .sources import is_adapter_dir, parse_device, parse_dtype, read_config, resolve_source, weights_kind
+from .sources import (is_adapter_dir, parse_device, parse_dtype, read_adapter_config, read_config, resolve_source,
+                      weights_kind)
 
 OFFLOAD_MODES = ("none", "cpu", "disk")
 
@@ -74,6 +75,8 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
                              f"got {type(source).__name__} {source!r}")
     pretrained, finetuned = hub.local_source(pretrained), hub.local_source(finetuned)   # hub ids -> snapshots
     tokenizer = hub.local_source(tokenizer)
+    if is_adapter_dir(finetuned):
+        read_adapter_config(finetuned)   # a broken adapter_config.json is named before any weights load
     dtype = parse_dtype(dtype)
     device = parse_device(device)
     g_pt, g_ft = gguf_file if isinstance(gguf_file, (tuple, list)) else (gguf_file, gguf_file)
@@ -180,6 +183,8 @@ def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
     opts = dict(offload=offload, allow_pickle=allow_pickle, dtype=dtype, attn_implementation=attn_implementation)
     adapter = LoraAdapter(Path(os.fspath(finetuned))) if is_adapter_dir(finetuned) else None
     pt_source, pc = _tensor_source(pretrained, g_pt, side="pre-trained", **opts)
+    if adapter is not None:
+        adapter.check_fits({n: pt_source.spec(n)[1] for n in pt_source.names()}, str(pretrained))
     if adapter is not None:
         ft_source, fc = None, pc
     else:

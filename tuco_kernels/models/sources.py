@@ -4,6 +4,8 @@ remote code never runs."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from pathlib import Path
 
@@ -65,17 +67,72 @@ def weights_kind(directory: Path, allow_pickle: bool) -> str:
 
 
 def resolve_source(source, gguf_file):
-    """(directory, gguf file name or None) for a path source."""
+    """(directory, gguf file name or None) for a path source; a GGUF file is checked to be one (:func:`check_gguf`)."""
     path = Path(os.fspath(source)).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"{path}: GGUF file not found")
+        check_gguf(path)
         return path.parent, path.name
     if not path.is_dir():
         raise ModelError(f"{path}: not a model directory, a .gguf file or a Hugging Face hub id (org/name)")
-    if gguf_file is not None and not (path / gguf_file).is_file():
-        raise ModelError(f"{path / gguf_file}: GGUF file not found")
+    if gguf_file is not None:
+        if not (path / gguf_file).is_file():
+            raise ModelError(f"{path / gguf_file}: GGUF file not found")
+        check_gguf(path / gguf_file)
     return path, gguf_file
+
+
+GGUF_MAGIC, GGUF_HEADER = b"GGUF", 24     # magic, version (u32), tensor count (u64), metadata count (u64)
+
+
+def check_gguf(file: Path) -> None:
+    """A :class:`ModelError` naming ``file`` unless it reads as a GGUF file: not empty, the magic bytes, a whole
+    header, and metadata and tensor records that the gguf reader can parse within the file."""
+    st = file.stat()
+    _check_gguf(str(file), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _check_gguf(file: str, size: int, mtime_ns: int) -> None:
+    if size == 0:
+        raise ModelError(f"{file}: empty file (0 bytes), not a GGUF model")
+    with open(file, "rb") as f:
+        head = f.read(GGUF_HEADER)
+    if head[:len(GGUF_MAGIC)] != GGUF_MAGIC:
+        raise ModelError(f"{file}: not a GGUF file (it does not start with the bytes 'GGUF')")
+    if len(head) < GGUF_HEADER:
+        raise ModelError(f"{file}: a truncated GGUF file ({size} bytes: not even its header)")
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(file)
+    except Exception:  # noqa: BLE001 - the reader fails in numpy, struct or mmap terms; what it means is this
+        raise ModelError(f"{file}: a truncated or damaged GGUF file ({size:,} bytes; its records run past its end "
+                         f"or do not parse); download or convert it again") from None
+
+
+def read_adapter_config(directory) -> dict:
+    """A PEFT adapter's ``adapter_config.json``, checked: JSON, an object, a ``peft_type`` that PEFT knows; a
+    :class:`ModelError` names the file and what is wrong, before any weights load."""
+    path = Path(os.fspath(directory)) / "adapter_config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ModelError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    from peft import PeftType
+
+    known = [t.value for t in PeftType]
+    if cfg.get("peft_type") not in known:
+        raise ModelError(f"{path}: peft_type {cfg.get('peft_type')!r} is not a PEFT method (LORA, LOHA, IA3, ...); "
+                         f"not an adapter PEFT can load")
+    return cfg
 
 
 def read_config(source, gguf_file=None):
@@ -88,7 +145,8 @@ def read_config(source, gguf_file=None):
         return AutoConfig.from_pretrained(directory, trust_remote_code=False, **({"gguf_file": gguf} if gguf else {}))
     except Exception as exc:  # a JSON error, an unknown model_type, a missing file inside a GGUF, ...
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-        raise ModelError(f"{directory}: cannot read the model config: {lines[0][:300]}") from None
+        where = directory / gguf if gguf else directory
+        raise ModelError(f"{where}: cannot read the model config: {lines[0][:300]}") from None
 
 
 def is_adapter_dir(source) -> bool:

@@ -103,6 +103,22 @@ class LoraAdapter:
                 raise ModelError(f"{file}: module {module!r} has {sorted(ab)} but needs both lora_A and lora_B")
             self.modules[module] = (ab["lora_A"], ab["lora_B"])
 
+    def check_fits(self, shapes: dict, base: str) -> None:
+        """Refuse an adapter made for another base model, naming the first tensor whose shape differs from the
+        base's (``shapes``: parameter name -> shape; names the base does not list are left to the load)."""
+        for module, (a, b) in sorted(self.modules.items()):
+            shape = shapes.get(module + ".weight")
+            made = (b.shape[0], a.shape[1])
+            if shape is not None and tuple(shape) not in (made, made[::-1]):   # Conv1D stores [in, out]
+                raise ModelError(f"{self.directory}: the adapter was made for another base model: {module}.weight is "
+                                 f"{list(shape)} in the pre-trained model ({base}) but lora_B·lora_A makes it "
+                                 f"{list(made)}")
+        for name, t in sorted(self.replacements.items()):
+            shape = shapes.get(name)
+            if shape is not None and tuple(shape) != tuple(t.shape):
+                raise ModelError(f"{self.directory}: the adapter was made for another base model: {name} is "
+                                 f"{list(shape)} in the pre-trained model ({base}) but {list(t.shape)} in the adapter")
+
     def delta_for(self, param_name: str, module: torch.nn.Module | None) -> LoraDelta | None:
         """The LoRA delta for base parameter ``param_name`` (``<module>.weight``), if the adapter has one."""
         if not param_name.endswith(".weight") or param_name[: -len(".weight")] not in self.modules:

@@ -1,12 +1,13 @@
 """Writing results: .jsonl, .csv or .parquet chosen by extension, checked before any work, written atomically.
 
-Before a run (:func:`OutputTarget.claim`): the extension is known, the folder exists and is writable, the path is
-not a folder and not one of the inputs, it does not exist yet unless ``force``, the disk has room for an estimate
-of the output, and a lock file (``.<name>.lock`` beside it, ``flock``) keeps a second run from writing the same
-file at the same time. At the end (:func:`OutputTarget.write`): the file is written to a temporary name in the
-same folder, flushed to disk and renamed over the target, so an interrupted run leaves the old file or the
-complete new one, never half; the new file gets the permissions the user's umask gives (an existing file keeps
-its own). Numbers that are not finite are written as JSON ``null``, an empty CSV cell or a Parquet null, never a
+Before a run (:func:`OutputTarget.claim`): the extension is known, the folder exists and a file can be created in
+it, the path is not a folder and not one of the inputs, it does not exist yet unless ``force``, the disk has room
+for an estimate of the output, and a lock file (``.<name>.lock`` beside it, ``flock``, never opened through a link)
+keeps a second run from writing the same file at the same time. At the end (:func:`OutputTarget.write`): the file
+is written whole by :func:`tuco_kernels.files.write_atomically` (a temporary name in the same folder, fsync,
+rename), so an interrupted run leaves the old file or the complete new one, never half, a link at the path is
+replaced rather than written through, and the new file gets the permissions the user's umask gives (an existing
+file keeps its own). Numbers that are not finite are written as JSON ``null``, an empty CSV cell or a Parquet null, never a
 bare ``NaN``. If the final write fails anyway (a disk that filled up meanwhile), the rows go to a rescue file in
 the temporary folder and the error names it: no scored row is lost.
 """
@@ -24,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import OutputError
+from ..files import check_writable, open_lock, write_atomically
 
 OUTPUT_SUFFIXES = (".jsonl", ".csv", ".parquet")
 
@@ -34,11 +36,12 @@ def check_output_path(path, *, inputs=(), force: bool = True) -> Path:
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise OutputError(f"{path}: unknown output type {path.suffix!r}; use .jsonl, .csv or .parquet")
     if path.is_dir():
-        raise OutputError(f"{path}: is a directory; name a file ending in .jsonl, .csv or .parquet")
+        raise OutputError(f"{path}: is a directory; name a file ending in .jsonl, .csv or .parquet (or, for a "
+                          f"sharded run into this directory, end --out with /)")
     if not path.parent.is_dir():
-        raise OutputError(f"{path}: directory {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: directory {path.parent} is not writable")
+        what = "is not a directory" if path.parent.exists() else "does not exist"
+        raise OutputError(f"{path}: directory {path.parent} {what}")
+    check_writable(path.parent, path)
     for other in inputs:
         if other is not None and _same_file(path, Path(other)):
             raise OutputError(f"{path}: is also an input ({other}); writing the scores there would replace it")
@@ -69,10 +72,7 @@ class OutputTarget:
     def claim(self) -> OutputTarget:
         """Take the lock beside the output (released by :meth:`release`, or when the process ends)."""
         lock_path = self.path.parent / f".{self.path.name}.lock"
-        try:
-            handle = open(lock_path, "a+")
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot create the lock file {lock_path} ({exc.strerror})") from None
+        handle = os.fdopen(open_lock(lock_path), "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -185,38 +185,10 @@ def write_records(records: list[dict], path, *, metadata: dict | None = None) ->
     In CSV, per-layer lists become flat numeric columns (``beta_0`` …); JSONL and Parquet keep lists."""
     path = Path(path)
     if metadata is not None:
-        _write_atomically(sidecar_path(path), json.dumps(metadata, indent=1, default=str).encode("utf-8") + b"\n")
+        write_atomically(sidecar_path(path), json.dumps(metadata, indent=1, default=str).encode("utf-8") + b"\n")
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise OutputError(f"{path}: unknown output type {path.suffix!r}; use .jsonl, .csv or .parquet")
     writer = {".jsonl": _write_jsonl, ".csv": _write_csv, ".parquet": _write_parquet}[path.suffix.lower()]
     buffer = io.BytesIO()
     writer(records, buffer, metadata)
-    return _write_atomically(path, buffer.getvalue())
-
-
-def _write_atomically(path: Path, data: bytes) -> Path:
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    try:   # Linux says it without changing it (os.umask would, briefly, for every thread)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    current = os.umask(0)
-    os.umask(current)
-    return current
+    return write_atomically(path, buffer.getvalue())

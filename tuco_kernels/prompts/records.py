@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +61,19 @@ def _lines(text: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
+def _check_unicode(value: str, where: str, what: str) -> str:
+    """``value`` unless it holds a lone surrogate (a JSON "\\ud800" escape without its pair), which is no text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PromptError(f"{where}: {what} holds a lone surrogate ({value[exc.start]!r} at character {exc.start}), "
+                          f"half of a UTF-16 pair, which is not text; fix the escape") from None
+    return value
+
+
 def _check_id(value, where: str):
+    if isinstance(value, str):
+        _check_unicode(value, where, "the id")
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise PromptError(f"{where}: id must be a string or an integer, got {value!r}")
     if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
@@ -90,7 +103,11 @@ def _check_text(value, where: str) -> str:
         raise PromptError(f"{where}: prompt must be a string, got {type(value).__name__}")
     if not value.strip():
         raise PromptError(f"{where}: empty prompt")
-    return value
+    return _check_unicode(value, where, "the prompt")
+
+
+#: the roles chat templates know (OpenAI's and HF's conventions); anything else is most likely a typo
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 def _check_messages(value, where: str) -> list:
@@ -99,13 +116,21 @@ def _check_messages(value, where: str) -> list:
     for j, m in enumerate(value):
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
             raise PromptError(f"{where}: message {j} must be an object with string 'role' and 'content'")
+        if m["role"] not in CHAT_ROLES:
+            raise PromptError(f"{where}: message {j} has role {m['role']!r}; use one of {', '.join(CHAT_ROLES)}")
+        if not m["content"].strip():
+            raise PromptError(f"{where}: message {j} ({m['role']}) has empty content")
+        _check_unicode(m["content"], where, f"message {j}")
     return value
 
 
 def _check_ids(value, where: str) -> list:
-    if not isinstance(value, list) or not value or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        raise PromptError(f"{where}: 'input_ids' must be a non-empty list of integers")
-    return value
+    if hasattr(value, "tolist") and getattr(value, "ndim", 1) == 1:   # a torch tensor or numpy array of ids
+        value = value.tolist()
+    if not isinstance(value, list) or not value or not all(isinstance(t, numbers.Integral) and not isinstance(t, bool)
+                                                           for t in value):
+        raise PromptError(f"{where}: 'input_ids' must be a non-empty list of integers (or a 1-D tensor or array of them)")
+    return [int(t) for t in value]
 
 
 def normalize_prompts(prompts) -> list[Prompt]:
@@ -154,12 +179,15 @@ def read_prompt_file(path) -> list[Prompt]:
     if path.is_dir():
         raise PromptError(f"{path}: is a directory, not a prompt file (.jsonl, .csv or .txt)")
     if not path.is_file():
-        raise PromptError(f"{path}: prompt file not found")
+        raise PromptError(f"{path}: is not a regular file (a pipe, socket or device); save the prompts to a file"
+                          if path.exists() else f"{path}: prompt file not found")
     suffix = path.suffix.lower()
     try:
-        text = path.read_text(encoding="utf-8-sig")   # a UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped
+        raw = path.read_bytes().decode("utf-8-sig")   # a UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped
     except UnicodeDecodeError as exc:
         raise PromptError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    # line ends as universal newlines read them, except in CSV, whose quoted cells keep a \r as written
+    text = raw if suffix == ".csv" else raw.replace("\r\n", "\n").replace("\r", "\n")
     records: list[Prompt] = []
     if suffix == ".jsonl":
         for lineno, line in enumerate(_lines(text), 1):
@@ -170,6 +198,8 @@ def read_prompt_file(path) -> list[Prompt]:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise PromptError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+            except RecursionError:
+                raise PromptError(f"{where}: JSON nested too deeply to read") from None
             if not isinstance(item, dict):
                 raise PromptError(f"{where}: each line must be a JSON object")
             records.append(_from_mapping(item, len(records), where))
@@ -177,7 +207,10 @@ def read_prompt_file(path) -> list[Prompt]:
         reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
         try:
             fields = reader.fieldnames
-            if not fields or "prompt" not in fields:
+            if fields is None:
+                raise PromptError(f"{path}: empty file; a CSV prompt file starts with a header line that has a "
+                                  f"'prompt' column")
+            if "prompt" not in fields:
                 raise PromptError(f"{path}:1: CSV header must have a 'prompt' column (found {fields})")
             start = 2
             for row in reader:

@@ -15,9 +15,10 @@ page.py     the HTML page and the figure files, written atomically
 The command line's ``tuco report`` is :mod:`tuco_kernels.cli.reporting`.
 """
 
-from .page import auc_pairs, build_page, figures_folder, render_html, write_report
+from .page import auc_pairs, build_page, check_report_path, figures_folder, render_html, write_report
 from .read import ScoreTable, load_scores
 from .stats import auc, beta_profile, bootstrap_auc, bootstrap_aucs, compare, extremes, summarise
 
-__all__ = ["auc_pairs", "build_page", "figures_folder", "render_html", "write_report", "ScoreTable", "load_scores", "auc",
+__all__ = ["auc_pairs", "build_page", "check_report_path", "figures_folder", "render_html", "write_report",
+           "ScoreTable", "load_scores", "auc",
            "beta_profile", "bootstrap_auc", "bootstrap_aucs", "compare", "extremes", "summarise"]

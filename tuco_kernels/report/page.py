@@ -11,8 +11,6 @@ import datetime as _dt
 import html
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import pandas as pd
 
 from .._version import __version__
 from ..errors import TucoError
+from ..files import check_writable, write_atomically
 from .figures import (HIST_COLUMNS_FROM, RenderedFigure, figure_densities, figure_histograms, figure_length,
                       figure_profiles, group_styles)
 from .read import ScoreTable
@@ -530,37 +529,40 @@ def render_html(table: ScoreTable, **options) -> str:
 
 def figures_folder(out: Path) -> Path:
     """Where the figure files of the report ``out`` go: ``<stem>_figures`` beside it."""
-    return out.with_name(f"{out.stem}_figures")
+    return Path(out).with_name(f"{Path(out).stem}_figures")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_report(table: ScoreTable, out, *, figure_files: bool = True, **options) -> Path:
-    """Render the report and write it to ``out`` atomically (temporary file in the same folder, then rename), and
-    with ``figure_files`` each figure as SVG and PNG into ``<stem>_figures/`` beside it."""
+def check_report_path(out) -> Path:
+    """``out`` as the report's path, refused (naming why) unless an HTML file can be written there; before any
+    input is read."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise TucoError(f"{out}: the report is HTML; give --out a .html file")
-    if not out.parent.exists():
-        raise TucoError(f"{out}: directory {out.parent} does not exist")
+    if not out.parent.is_dir():
+        what = "is not a directory" if out.parent.exists() else "does not exist"
+        raise TucoError(f"{out}: directory {out.parent} {what}")
+    if out.is_dir():
+        raise TucoError(f"{out}: is a directory; name the .html file to write")
+    folder = figures_folder(out)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise TucoError(f"{folder}: the report's figure files go in this folder, and it is "
+                        f"{'a symbolic link' if folder.is_symlink() else 'not a folder'}; remove it or choose "
+                        f"another --out")
+    check_writable(out.parent, out)
+    return out
+
+
+def write_report(table: ScoreTable, out, *, figure_files: bool = True, **options) -> Path:
+    """Render the report and write it to ``out`` whole (:func:`tuco_kernels.files.write_atomically`: a temporary
+    file in the same folder, then a rename; the umask's permissions), and with ``figure_files`` each figure as SVG
+    and PNG into ``<stem>_figures/`` beside it, written the same way."""
+    out = check_report_path(out)
     page, figures = build_page(table, **options)
-    _write_atomically(out, page.encode("utf-8"))
+    write_atomically(out, page.encode("utf-8"))
     if figure_files and figures:
         folder = figures_folder(out)
         folder.mkdir(exist_ok=True)
         for figure in figures:
-            _write_atomically(folder / f"{figure.name}.svg", figure.svg)
-            _write_atomically(folder / f"{figure.name}.png", figure.png)
+            write_atomically(folder / f"{figure.name}.svg", figure.svg)
+            write_atomically(folder / f"{figure.name}.png", figure.png)
     return out
