@@ -143,6 +143,7 @@ setup(
         "default-pair": ["gguf>=0.10", "accelerate>=1.0", "peft>=0.17"],   # load_pair() with no arguments
         "research": ["pyarrow>=15", "pyyaml>=6", "pandas>=2.0", "matplotlib>=3.8", "gguf>=0.10", "accelerate>=1.0",
                      "peft>=0.17"],   # tuco_research: datasets, studies, demo, the adapter's training
+        "eval": ["lm-eval>=0.4.13", "matplotlib>=3.8"],   # tuco eval, tk.LMEvalModel (lm-eval brings datasets)
         "dev": ["pytest>=8", "pytest-benchmark>=4", "ninja>=1.11"],
     },
     entry_points={"console_scripts": ["tuco=tuco_kernels.cli:main"]},

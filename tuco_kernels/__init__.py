@@ -25,6 +25,16 @@ from .result import RunInfo, TuCoResult
 from .score import score
 from .steer import steer
 
+
+def __getattr__(name: str):
+    """``tk.LMEvalModel`` (lm-eval, an optional extra) is imported when first used, never by ``import tuco_kernels``."""
+    if name == "LMEvalModel":
+        from . import harness
+
+        return harness.LMEvalModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["attach", "generate", "load_pair", "score", "score_dataset", "steer", "DatasetRun", "PlanMismatch",
            "ShardsFailed", "ModelPair", "ResidentPair", "StreamedPair",
            "TuCoResult", "RunInfo", "TucoError", "IncompatiblePairError", "UnsupportedModelError",
