@@ -26,7 +26,7 @@ TASKS = ["tiny_mc", "tiny_gen", "tiny_ppl"]
 
 @pytest.fixture(scope="module")
 def task_manager(tmp_path_factory):
-    return TaskManager(include_path=str(write_tasks(tmp_path_factory.mktemp("tasks"))))
+    return TaskManager(include_path=str(write_tasks(tmp_path_factory.mktemp("tasks"))), include_defaults=False)
 
 
 def responses(model, task_manager, tasks=TASKS) -> dict:
@@ -120,7 +120,7 @@ def test_per_layer_alpha_and_set_alpha(llama_pair, task_manager):
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.75])
-@pytest.mark.parametrize("offload", ["cpu", "disk"])
+@pytest.mark.parametrize("offload", ["cpu", pytest.param("disk", marks=pytest.mark.slow)])
 def test_streamed_pair_evaluates_like_the_resident_one(tmp_path, tokenizer, task_manager, offload, alpha):
     d = save_pair(tmp_path, tokenizer)
     resident = responses(tk.LMEvalModel(tk.load_pair(d / "pt", d / "ft"), alpha=alpha), task_manager)

@@ -73,7 +73,6 @@ class LMEvalModel(HFLM):
         self.batch_tokens = positive_int("batch_tokens", batch_tokens)
         self.max_gpu_memory, self.sweep_tokens, self.kernel_backend, self.seed = (max_gpu_memory, sweep_tokens,
                                                                                    backend, seed)
-        self._rows_for_unsized: int | None = None
         self._batch_end, self._batch_rows = 0, 1
         with _quiet_hflm_init():
             # lm-eval may give its tokenizer a pad token: a copy, so that the pair's own stays as it was
@@ -166,25 +165,36 @@ class LMEvalModel(HFLM):
         return self._batch_rows
 
     def _detect_batch_size(self, requests=None, pos: int = 0):
-        """Rows per batch where lm-eval sizes a whole call at once: generation (set from its requests by
-        :meth:`generate_until`) and rolling windows (``max_length`` tokens each; a streamed pair takes every window
-        in one call, scheduled layer-major)."""
-        if self._rows_for_unsized is not None:
-            return self._rows_for_unsized
-        if not self.pair.resident:
-            return 2**31 - 1
-        return max(1, self.batch_tokens // self.max_length)
+        """Never probed by trial forwards here: the rows :meth:`_fixed_rows` set, else what ``batch_tokens`` allows
+        for windows of ``max_length`` tokens."""
+        return self.batch_size_per_gpu if isinstance(self.batch_size_per_gpu, int) else self._window_rows()
+
+    def _window_rows(self) -> int:
+        """Rows per batch of rolling windows (``max_length`` tokens each); a streamed pair takes every window of a
+        call at once, scheduled layer-major."""
+        return max(1, self.batch_tokens // self.max_length) if self.pair.resident else 2**31 - 1
+
+    @contextmanager
+    def _fixed_rows(self, rows: int):
+        """lm-eval's row count for a call that it sizes once (generation, rolling windows), then back to the
+        per-batch token budget (:meth:`_batch_scheduler`)."""
+        self.batch_size_per_gpu = rows
+        try:
+            yield
+        finally:
+            self.batch_size_per_gpu = "auto"
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         if not requests:
             return []
         longest = max(len(self.tok_encode(r.args[0])) for r in requests)
         new = max(int(r.args[1].get("max_gen_toks", self.max_gen_toks)) for r in requests)
-        self._rows_for_unsized = max(1, self.batch_tokens // (min(longest, self.max_length) + new))
-        try:
+        with self._fixed_rows(max(1, self.batch_tokens // (min(longest, self.max_length) + new))):
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
-        finally:
-            self._rows_for_unsized = None
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        with self._fixed_rows(self._window_rows()):
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
 
     # ------------------------------------------------------------------------------------------- facts
 

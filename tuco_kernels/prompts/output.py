@@ -194,6 +194,11 @@ def write_records(records: list[dict], path, *, metadata: dict | None = None) ->
     return _write_atomically(path, buffer.getvalue())
 
 
+def write_atomically(path, data: bytes) -> Path:
+    """``data`` written to ``path`` through a temporary file in the same folder, flushed and renamed over it."""
+    return _write_atomically(Path(path), data)
+
+
 def _write_atomically(path: Path, data: bytes) -> Path:
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
