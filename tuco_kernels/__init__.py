@@ -19,7 +19,7 @@ from .generate import generate
 from .models import default_pair
 from .models.load import load_pair
 from .offload.streamed import StreamedPair
-from .prompts.records import read_prompt_file as read_prompts
+from .prompts.sources import read_prompts
 from .prompts.templates import PAPER_TEMPLATES, use_paper_template
 from .result import RunInfo, TuCoResult
 from .score import score

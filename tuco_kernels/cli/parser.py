@@ -67,9 +67,10 @@ def _parser_for(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def _add_input_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("input")
-    g.add_argument("--prompts", required=True, metavar="FILE",
+    g.add_argument("--prompts", required=True, metavar="SOURCE",
                    help="prompt file: .jsonl (prompt or messages, optional id), .csv (prompt, optional id), .txt (one "
-                        "prompt a line)")
+                        "prompt a line), .parquet (prompt or messages, optional id); hf:NAME[:SPLIT[:COLUMN]], a "
+                        "dataset in the local Hugging Face cache (offline) or a save_to_disk folder")
     g.add_argument("--chat", action="store_true", help="insist on rendering text prompts as user turns of the "
                                                        "fine-tuned tokenizer's chat template (the default when it has one)")
     g.add_argument("--raw-text", action="store_true", help="render text prompts as raw text, not as chat user turns")

@@ -14,7 +14,7 @@ from ..core.families import n_layers_of_config
 from ..models import hub
 from ..models.load import load_pair
 from ..models.sources import parse_device, parse_dtype, read_config
-from ..prompts.records import read_prompt_file
+from ..prompts.sources import read_prompts
 from ..prompts.templates import TemplateMismatchWarning, paper_template, use_paper_template
 from ..prompts.tokenize import rendering
 
@@ -57,7 +57,7 @@ def check_before_loading(args, alphas) -> list:
     if args.template:
         paper_template(args.template)  # an unknown name fails before any weights load
     rendering_choice(args)
-    return read_prompt_file(args.prompts)  # every line, before any weights load
+    return read_prompts(args.prompts)  # every line, before any weights load
 
 
 def rendering_choice(args) -> bool | None:
