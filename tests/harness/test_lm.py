@@ -132,6 +132,14 @@ def test_streamed_pair_evaluates_like_the_resident_one(tmp_path, tokenizer, task
     assert streamed["tiny_gen"] == resident["tiny_gen"]   # cached HF generate vs recomputed engine steps
 
 
+def test_engine_path_on_a_resident_pair(llama_pair, task_manager):
+    hf = responses(tk.LMEvalModel(llama_pair, alpha=0.75), task_manager, ["tiny_mc", "tiny_ppl"])
+    engine = responses(tk.LMEvalModel(llama_pair, alpha=0.75, engine=True), task_manager, ["tiny_mc", "tiny_ppl"])
+    for t in ("tiny_mc", "tiny_ppl"):
+        torch.testing.assert_close(flat_logliks(engine[t]), flat_logliks(hf[t]), atol=2e-5, rtol=1e-6)
+    assert greedy_flags(engine["tiny_mc"]) == greedy_flags(hf["tiny_mc"])
+
+
 def test_small_batches_give_the_same_answers(llama_pair, task_manager):
     big = responses(tk.LMEvalModel(llama_pair, alpha=0.5), task_manager)
     small = responses(tk.LMEvalModel(llama_pair, alpha=0.5, batch_tokens=8), task_manager)   # one row per batch

@@ -114,6 +114,9 @@ def test_save_to_disk_folders(tmp_path):
     recs = tk.read_prompts(tmp_path / "one")
     assert [r.text for r in recs] == PROMPTS[:2] and recs[1].extra["columns"] == {"topic": "b"}
     assert recs[0].where == f"hf:{tmp_path / 'one'} row 0"
+    assert [r.text for r in tk.read_prompts(f"hf:{tmp_path / 'one'}:topic")] == ["a", "b"]   # no splits: hf:FOLDER:COLUMN
+    with pytest.raises(PromptError, match="the saved dataset has no splits, so no split 'nope'"):
+        tk.read_prompts(f"hf:{tmp_path / 'one'}:nope")
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows),
                           "test": datasets.Dataset.from_dict({"messages": [CHAT]})}).save_to_disk(str(tmp_path / "two"))
     assert [r.messages for r in tk.read_prompts(f"hf:{tmp_path / 'two'}:test")] == [CHAT]

@@ -45,7 +45,7 @@ def cmd_eval(args) -> int:
             from ..harness import LMEvalModel
 
             model = LMEvalModel(pair, alphas[0], batch_tokens=args.batch_tokens, max_gpu_memory=args.max_gpu_memory,
-                                sweep_tokens=args.sweep_tokens, backend=args.backend)
+                                sweep_tokens=args.sweep_tokens, backend=args.backend, engine=args.engine)
             how = eval_rendering(args, pair.tokenizer)
             print(f"tuco: {pair}; tasks {', '.join(tasks)}; α {', '.join(_label(a) for a in alphas)}", file=sys.stderr)
             print(f"tuco: rendering: {how}", file=sys.stderr)

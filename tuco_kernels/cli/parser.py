@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-tokens", type=positive_int, default=4096, metavar="N",
                    help="rows × padded length per micro-batch")
     g.add_argument("--backend", choices=ops.BACKENDS, help="force a kernel backend (see `tuco info`)")
+    g.add_argument("--engine", action="store_true",
+                   help="answer log-likelihood requests through the decomposition engine, the head read only at the "
+                        "continuation positions (always with --offload; for a resident pair faster with a large "
+                        "vocabulary, equal to the default HF forward to fp32 rounding)")
     _add_memory_args(e, scoring=False).add_argument(
         "--sweep-tokens", type=positive_int, metavar="N", help="with --offload: cap on the tokens of one layer-major sweep")
     o = e.add_argument_group("output")

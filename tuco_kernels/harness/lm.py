@@ -15,6 +15,9 @@ backend's only where α makes it differ.
   log-probabilities at every continuation position; generation recomputes the steered sequence at each step
   (:mod:`.decode`). Same model, same α-stream; the numbers equal the resident ones up to the rounding of a
   different batch layout (the engine's batches carry an attention mask, the ``hf`` backend's do not).
+  ``engine=True`` answers a resident pair's log-likelihood requests this way too: the head then runs only at the
+  continuation positions instead of every position (the ``hf`` backend's [batch, length, vocabulary] logits are
+  4 GiB for 4096 tokens of a 262k-token vocabulary in fp32), and identical inputs run once.
 
 Micro-batches hold at most ``batch_tokens`` tokens (rows × padded length) instead of lm-eval's row counts. The
 class is never registered in lm-eval's model registry (registration reaches only the importing process, and a
@@ -55,13 +58,16 @@ class LMEvalModel(HFLM):
         max_length: the context lm-eval truncates to (default: the model's, as the ``hf`` backend finds it).
         max_gpu_memory, sweep_tokens: a streamed pair's device budget and sweep cap (as in :func:`~tuco_kernels.score`).
         backend: the fused update's kernel backend (``tuco info``).
+        engine: answer log-likelihood requests through the engine (:mod:`.loglik`); always so for a streamed pair,
+            by default not for a resident one (its HF forward: the ``hf`` backend bit for bit at α = 1).
         seed: seeds a streamed pair's sampled generation (greedy decoding, lm-eval's default, needs none).
         add_bos_token, prefix_token_id, softmax_dtype, truncation: lm-eval's ``hf`` options of the same names.
     """
 
     def __init__(self, pair: ModelPair, alpha=1.0, *, batch_tokens: int = DEFAULT_BATCH_TOKENS,
                  max_length: int | None = None, max_gpu_memory=None, sweep_tokens: int | None = None,
-                 backend: str | None = None, seed: int | None = 0, add_bos_token: bool | None = None,
+                 backend: str | None = None, engine: bool = False, seed: int | None = 0,
+                 add_bos_token: bool | None = None,
                  prefix_token_id: int | None = None, softmax_dtype=None, truncation: bool = False):
         if not isinstance(pair, ModelPair):
             raise TucoError(f"LMEvalModel needs a pair from tk.load_pair, got {type(pair).__name__}")
@@ -73,6 +79,7 @@ class LMEvalModel(HFLM):
         self.batch_tokens = positive_int("batch_tokens", batch_tokens)
         self.max_gpu_memory, self.sweep_tokens, self.kernel_backend, self.seed = (max_gpu_memory, sweep_tokens,
                                                                                    backend, seed)
+        self.engine = bool(engine) or not pair.resident
         self._batch_end, self._batch_rows = 0, 1
         with _quiet_hflm_init():
             # lm-eval may give its tokenizer a pad token: a copy, so that the pair's own stays as it was
@@ -131,7 +138,7 @@ class LMEvalModel(HFLM):
                                    top_p=float(kwargs.get("top_p") or 1.0), seed=self.seed, backend=self.kernel_backend)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        if self.pair.resident:
+        if not self.engine:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         pairs = []
         for _, context_enc, continuation_enc in requests:
@@ -170,9 +177,9 @@ class LMEvalModel(HFLM):
         return self.batch_size_per_gpu if isinstance(self.batch_size_per_gpu, int) else self._window_rows()
 
     def _window_rows(self) -> int:
-        """Rows per batch of rolling windows (``max_length`` tokens each); a streamed pair takes every window of a
-        call at once, scheduled layer-major."""
-        return max(1, self.batch_tokens // self.max_length) if self.pair.resident else 2**31 - 1
+        """Rows per batch of rolling windows (``max_length`` tokens each); through the engine every window of a
+        call goes at once (it makes its own token-budget micro-batches, scheduled layer-major)."""
+        return 2**31 - 1 if self.engine else max(1, self.batch_tokens // self.max_length)
 
     @contextmanager
     def _fixed_rows(self, rows: int):

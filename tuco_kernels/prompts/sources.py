@@ -8,7 +8,8 @@
 * ``hf:NAME[:SPLIT[:COLUMN]]``: a dataset from the local Hugging Face datasets cache (``HF_DATASETS_CACHE``),
   read offline (nothing is downloaded; a dataset that is not cached is named, with how to get it); NAME may also be
   a folder written by ``datasets.save_to_disk``. SPLIT is needed when the dataset has several; COLUMN names the
-  prompt column when it is neither ``prompt`` nor ``messages`` (its values text, or chats);
+  prompt column when it is neither ``prompt`` nor ``messages`` (its values text, or chats); a saved dataset
+  without splits takes ``hf:FOLDER:COLUMN``;
 * a ``datasets.save_to_disk`` folder itself (one split, or ``hf:FOLDER:SPLIT``).
 
 Rows follow the same rules as prompt files (:mod:`.records`: ids, empty prompts, chats), and every error names
@@ -103,6 +104,8 @@ def read_hf_dataset(text: str) -> list[Prompt]:
                 raise PromptError(f"{text}: cannot read the saved dataset ({_first_line(exc)})") from None
         else:
             data = _load_cached(datasets, name, split, text)
+        if not hasattr(data, "keys") and split is not None and column is None and split in data.column_names:
+            split, column = None, split   # a dataset without splits: hf:NAME:COLUMN
         dataset, split = _one_split(data, split, text)
         source = f"{HF_PREFIX}{name}:{split}" if split else f"{HF_PREFIX}{name}"
         return table_prompts(dataset.to_list(), list(dataset.column_names), source, column=column)
