@@ -119,8 +119,7 @@ def test_per_layer_alpha_and_set_alpha(llama_pair, task_manager):
         tk.LMEvalModel(llama_pair, batch_tokens=0)
 
 
-@pytest.mark.parametrize("alpha", [1.0, 0.75])
-@pytest.mark.parametrize("offload", ["cpu", pytest.param("disk", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("offload, alpha", [("cpu", 1.0), pytest.param("disk", 0.75, marks=pytest.mark.slow)])
 def test_streamed_pair_evaluates_like_the_resident_one(tmp_path, tokenizer, task_manager, offload, alpha):
     d = save_pair(tmp_path, tokenizer)
     resident = responses(tk.LMEvalModel(tk.load_pair(d / "pt", d / "ft"), alpha=alpha), task_manager)
