@@ -163,6 +163,8 @@ def test_bad_arguments_are_named(llama_pair):
     pt, ft = llama_pair.pretrained, llama_pair.finetuned
     with pytest.raises(TucoError, match="needs the pair's tokenizer"):
         tk.LMEvalModel(tk.load_pair(pt, ft))
+    with pytest.raises(OptionError, match="max_gpu_memory is a budget for a CUDA device, but the pair is on cpu"):
+        tk.LMEvalModel(llama_pair, max_gpu_memory="1GiB")
 
 
 def _python(code: str) -> subprocess.CompletedProcess:

@@ -75,6 +75,8 @@ class LMEvalModel(HFLM):
             raise TucoError("LMEvalModel needs the pair's tokenizer (load_pair(..., tokenizer=...)): lm-eval sends text")
         if getattr(pair, "closed", False):
             raise TucoError("this streamed pair was closed (pair.close()); load it again with tk.load_pair")
+        if max_gpu_memory is not None and pair.device.type != "cuda":
+            raise OptionError(f"max_gpu_memory is a budget for a CUDA device, but the pair is on {pair.device}")
         self.pair = pair
         self.batch_tokens = positive_int("batch_tokens", batch_tokens)
         self.max_gpu_memory, self.sweep_tokens, self.kernel_backend, self.seed = (max_gpu_memory, sweep_tokens,
