@@ -67,7 +67,7 @@ def test_unreadable_or_empty_parquet_and_unknown_types(tmp_path):
     with pytest.raises(PromptError, match=r"unknown prompt file type '.tsv'; use .jsonl, .csv, .txt, .parquet, or hf:"):
         tk.read_prompts(tmp_path / "p.tsv")
     (tmp_path / "folder").mkdir()
-    with pytest.raises(PromptError, match="is a directory, neither a prompt file"):
+    with pytest.raises(PromptError, match="is a directory, not a prompt file"):
         tk.read_prompts(tmp_path / "folder")
 
 

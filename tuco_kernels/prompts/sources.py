@@ -41,7 +41,7 @@ def read_prompts(source) -> list[Prompt]:
     if path.is_dir():
         if is_saved_dataset(path):
             return read_hf_dataset(f"{HF_PREFIX}{path}")
-        raise PromptError(f"{path}: is a directory, neither a prompt file ({', '.join(FILE_SUFFIXES)}) nor a folder "
+        raise PromptError(f"{path}: is a directory, not a prompt file ({', '.join(FILE_SUFFIXES)}) nor a folder "
                           f"written by datasets' save_to_disk")
     if path.suffix.lower() == ".parquet":
         return read_parquet(path)
