@@ -17,13 +17,22 @@ from .dataset import DatasetRun, PlanMismatch, ShardsFailed, score_dataset
 from .errors import IncompatiblePairError, TucoError, UnsupportedModelError
 from .generate import generate
 from .models import default_pair
+from . import harness
 from .models.load import load_pair
 from .offload.streamed import StreamedPair
-from .prompts.records import read_prompt_file as read_prompts
+from .prompts.sources import read_prompts
 from .prompts.templates import PAPER_TEMPLATES, use_paper_template
 from .result import RunInfo, TuCoResult
 from .score import score
 from .steer import steer
+
+
+def __getattr__(name: str):
+    """``tk.LMEvalModel`` (lm-eval, an optional extra) is imported when first used, never by ``import tuco_kernels``."""
+    if name == "LMEvalModel":
+        return harness.LMEvalModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["attach", "generate", "load_pair", "score", "score_dataset", "steer", "DatasetRun", "PlanMismatch",
            "ShardsFailed", "ModelPair", "ResidentPair", "StreamedPair",

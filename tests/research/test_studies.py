@@ -83,3 +83,44 @@ def test_web_vs_chat_study_runs_end_to_end(tmp_path, gemma_tokenizer):
 
     rows = pd.read_csv(tmp_path / "web_vs_chat.csv")
     assert len(rows) == 16 and rows["tuco"].between(0, 1).all()
+
+
+def test_alpha_mmlu_tasks_give_lm_eval_the_studys_prompts_and_answers(tmp_path, tokenizer):
+    """The study's MMLU tasks through `tuco eval`: lm-eval's contexts are the protocol's chat prompts, and its
+    per-question acc is the argmax over the letters of tk.steer's next-token distribution under the same α."""
+    import copy
+    import json
+
+    pytest.importorskip("lm_eval")
+    import tuco_kernels as tk
+    from tests.fixtures.pairs import make_pair_models
+    from tuco_kernels.cli import main as tuco
+    from tuco_kernels.models.default_pair import CHAT_TEMPLATE
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = CHAT_TEMPLATE.read_text(encoding="utf-8")   # the default pair's: system folded into the turn
+    pt, ft = make_pair_models("llama", tokenizer)
+    for side, model in (("pt", pt), ("ft", ft)):
+        model.save_pretrained(tmp_path / side)
+        tok.save_pretrained(tmp_path / side)
+    subject = "elementary_mathematics"
+    qs = [{"id": f"q{i}", "question": f"What is {i} + {i}?", "choices": [str(2 * i + d) for d in (1, 0, 2, 3)],
+           "answer": 1, "subject": subject} for i in range(4)]
+    shots = [dict(qs[0], id="s0", question="What is 9 + 9?", choices=["18", "17", "19", "20"], answer=0)]
+    (tmp_path / "tasks").mkdir()
+    task = alpha_mmlu.write_task(tmp_path / "tasks", subject, qs, shots)
+    out = tmp_path / "eval.json"
+    assert tuco(["eval", "--pretrained", str(tmp_path / "pt"), "--finetuned", str(tmp_path / "ft"), "--tasks", task,
+                 "--include-path", str(tmp_path / "tasks"), "--alpha-sweep", "0.5,1", "--num-fewshot", "1",
+                 "--log-samples", "--apply-chat-template", "--fewshot-single-turn", "--engine", "--out", str(out)]) == 0
+    pair = tk.load_pair(tmp_path / "pt", tmp_path / "ft")
+    letters = [tok(c, add_special_tokens=False)["input_ids"][0] for c in alpha_mmlu.LETTERS]
+    prompts = [alpha_mmlu.prompt_for(q, shots) for q in qs]
+    for entry in json.loads(out.read_text())["sweep"]:
+        samples = json.loads((tmp_path / entry["file"]).read_text())["samples"][task]
+        expected = (tk.steer(pair, prompts, alpha=entry["alpha"], chat=True)[:, letters].argmax(-1) == 1).tolist()
+        assert [bool(s["acc"]) for s in sorted(samples, key=lambda s: s["doc_id"])] == expected
+        for s in samples:
+            chat = [{"role": "user", "content": prompts[s["doc_id"]]}]
+            assert alpha_mmlu.contexts_of(s) == {tok.apply_chat_template(chat, add_generation_prompt=True,
+                                                                         tokenize=False)}

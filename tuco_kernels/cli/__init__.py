@@ -1,4 +1,4 @@
-"""The ``tuco`` command: ``tuco score``, ``tuco steer``, ``tuco report`` and ``tuco info``.
+"""The ``tuco`` command: ``tuco score``, ``tuco steer``, ``tuco eval``, ``tuco report`` and ``tuco info``.
 
 Exit status: 0 a clean run; 2 a mistake the user can fix (a bad option, prompt file, model or output path), printed
 as one line ``tuco: error: ...`` naming it; 3 the run finished but some rows are flagged (their numbers are not
@@ -12,6 +12,7 @@ prepare.py    checks before loading, then the pair and its rendering
 scoring.py    tuco score (to one file)
 sharded.py    tuco score --out DIR/ (shards, resumable, torchrun)
 steering.py   tuco steer
+evaluating.py tuco eval (lm-evaluation-harness on the α-steered model)
 reporting.py  tuco report
 info.py       tuco info
 """
@@ -22,13 +23,14 @@ import sys
 
 from .console import (EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE, EXIT_TERMINATED, EXIT_USER,
                       console, lenient_streams, run_command)
+from .evaluating import cmd_eval
 from .info import cmd_info
 from .parser import build_parser, join_dash_values
 from .reporting import cmd_report
 from .scoring import cmd_score
 from .steering import cmd_steer
 
-COMMANDS = {"score": cmd_score, "steer": cmd_steer, "report": cmd_report, "info": cmd_info}
+COMMANDS = {"score": cmd_score, "steer": cmd_steer, "eval": cmd_eval, "report": cmd_report, "info": cmd_info}
 
 __all__ = ["main", "build_parser", "COMMANDS", "EXIT_OK", "EXIT_INTERNAL", "EXIT_USER", "EXIT_FLAGGED",
            "EXIT_INTERRUPTED", "EXIT_PIPE", "EXIT_TERMINATED"]

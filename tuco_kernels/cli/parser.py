@@ -13,7 +13,8 @@ from ..prompts.tokenize import TRUNCATE_SIDES
 from .console import EXIT_USER
 from .reporting import add_report_parser
 from .sharded import add_dataset_args
-from .values import alpha_value, memory_size, positive_float, positive_int, probability
+from .values import (alpha_list, alpha_value, memory_size, non_negative_int, positive_float, positive_int, probability,
+                     sample_limit)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +47,15 @@ exit status: 0 clean; 2 a mistake named on one line; 3 finished, but rows are fl
     "steer": """examples:
   tuco steer --prompts prompts.txt --alpha 0.75 1 1.25 --max-new-tokens 40          # the default pair
   tuco steer --pretrained BASE --finetuned CHAT --prompts p.txt --alpha 1.25 --sample --samples 4 --out gen.jsonl""",
+    "eval": """examples:
+  tuco eval --tasks arc_easy --limit 100 --out arc.json                                 # the default pair
+  tuco eval --pretrained BASE --finetuned CHAT --tasks mmlu --num-fewshot 5 --alpha-sweep 0.75,0.9,1,1.1,1.25 \
+            --out mmlu.json --dtype bfloat16 --offload cpu
+  tuco eval --pretrained BASE --finetuned CHAT --tasks my_task --include-path tasks/ --log-samples --out r.json
+
+results: simple_evaluate's dict (results[task]["acc,none"], samples[task] with --log-samples) and this tool's
+metadata under "tuco"; with --alpha-sweep, FILE is the sweep's summary and each α's result is written beside it
+(FILE.alpha=<α>.json), with FILE.png: each metric against α, one panel per task.""",
     "info": """example:
   tuco info""",
 }
@@ -58,9 +68,10 @@ def _parser_for(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def _add_input_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("input")
-    g.add_argument("--prompts", required=True, metavar="FILE",
+    g.add_argument("--prompts", required=True, metavar="SOURCE",
                    help="prompt file: .jsonl (prompt or messages, optional id), .csv (prompt, optional id), .txt (one "
-                        "prompt a line)")
+                        "prompt a line), .parquet (prompt or messages, optional id); hf:NAME[:SPLIT[:COLUMN]], a "
+                        "dataset in the local Hugging Face cache (offline) or a save_to_disk folder")
     g.add_argument("--chat", action="store_true", help="insist on rendering text prompts as user turns of the "
                                                        "fine-tuned tokenizer's chat template (the default when it has one)")
     g.add_argument("--raw-text", action="store_true", help="render text prompts as raw text, not as chat user turns")
@@ -100,6 +111,7 @@ def _add_memory_args(p: argparse.ArgumentParser, scoring: bool):
         g.add_argument("--sweep-tokens", type=positive_int, metavar="N", help="cap on the tokens of one layer-major "
                                                                                "sweep")
         g.add_argument("--profile", action="store_true", help="print time in weight copies vs compute, GB/s, overlap")
+    return g
 
 
 def _add_common(p: argparse.ArgumentParser):
@@ -159,6 +171,43 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "or .parquet (completions are printed as they finish either way)")
     o.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     _add_common(t)
+
+    e = _parser_for(sub, "eval", "lm-evaluation-harness tasks on the α-steered model")
+    _add_model_args(e)
+    g = e.add_argument_group("evaluation (lm-eval's evaluator underneath)")
+    g.add_argument("--tasks", required=True, metavar="T[,T...]", help="lm-eval task or group names (globs allowed)")
+    g.add_argument("--include-path", action="append", metavar="DIR",
+                   help="a folder of your own task YAMLs (repeatable)")
+    g.add_argument("--alpha", type=alpha_value, metavar="A",
+                   help="FTC scale α, or comma-separated per-layer values (default: 1, the fine-tuned model)")
+    g.add_argument("--alpha-sweep", type=alpha_list, metavar="A,B,...",
+                   help="evaluate at each of these α (scalars): one result per α and a plot of each metric against α")
+    g.add_argument("--limit", type=sample_limit, metavar="N",
+                   help="documents per task: a number, or a fraction in (0, 1) (default: all)")
+    g.add_argument("--num-fewshot", type=non_negative_int, metavar="K", help="few-shot examples (default: the task's)")
+    g.add_argument("--log-samples", action="store_true", help="keep every document's requests and answers "
+                                                                "(samples[task])")
+    g.add_argument("--apply-chat-template", action="store_true",
+                   help="lm-eval renders each prompt with the fine-tuned tokenizer's chat template (default: raw "
+                        "text, lm-eval's own BOS handling)")
+    g.add_argument("--fewshot-single-turn", action="store_true",
+                   help="with --apply-chat-template: few-shot examples inside the one user turn (default: as turns)")
+    g.add_argument("--system-instruction", metavar="TEXT", help="lm-eval's system instruction")
+    g.add_argument("--bootstrap-iters", type=non_negative_int, default=100000, metavar="N",
+                   help="lm-eval's bootstrap resamples for the standard errors of non-mean metrics (0: none)")
+    g.add_argument("--batch-tokens", type=positive_int, default=4096, metavar="N",
+                   help="rows × padded length per micro-batch")
+    g.add_argument("--backend", choices=ops.BACKENDS, help="force a kernel backend (see `tuco info`)")
+    g.add_argument("--engine", action="store_true",
+                   help="answer log-likelihood requests through the decomposition engine, the head read only at the "
+                        "continuation positions (always with --offload; for a resident pair faster with a large "
+                        "vocabulary, equal to the default HF forward to fp32 rounding)")
+    _add_memory_args(e, scoring=False).add_argument(
+        "--sweep-tokens", type=positive_int, metavar="N", help="with --offload: cap on the tokens of one layer-major sweep")
+    o = e.add_argument_group("output")
+    o.add_argument("--out", required=True, metavar="FILE.json", help="the results (written atomically)")
+    o.add_argument("--force", action="store_true", help="replace --out (and a sweep's files) if they exist")
+    _add_common(e)
 
     i = _parser_for(sub, "info", "versions, device, compiled ops and kernel backends (and why one cannot run)")
     _add_common(i)

@@ -14,7 +14,7 @@ from ..dataset import dist_env
 from ..models import hub
 from ..models.load import load_pair
 from ..models.sources import is_adapter_dir, parse_device, parse_dtype, read_adapter_config, read_config
-from ..prompts.records import read_prompt_file
+from ..prompts.sources import read_prompts
 from ..prompts.templates import TemplateMismatchWarning, paper_template, use_paper_template
 from ..prompts.tokenize import rendering
 
@@ -49,8 +49,9 @@ def one_process(what: str, instead: str) -> bool:
     return False
 
 
-def check_before_loading(args, alphas) -> list:
-    """Every check that costs nothing, before any model loads; returns the prompts."""
+def check_model_args(args, alphas) -> None:
+    """The model options (both sides or neither, hub ids resolved, dtype, device, kernel backend) and α against the
+    config's layer count, before any model loads."""
     if (args.pretrained is None) != (args.finetuned is None):
         raise OptionError("give both --pretrained and --finetuned, or neither (the default gemma-3-270m pair)")
     # hub ids resolved to their local snapshots once, here, so that a missing model is named before anything loads
@@ -58,17 +59,21 @@ def check_before_loading(args, alphas) -> list:
     args.tokenizer = hub.local_source(args.tokenizer)
     parse_dtype(args.dtype)
     parse_device(default_device(args.device))
-    if args.template:
-        paper_template(args.template)  # an unknown name fails before any weights load
     if args.backend is not None:
         ops.resolve_backend(args.backend, default_device(args.device))
-    rendering_choice(args)
-    prompts = read_prompt_file(args.prompts)  # every line, before any weights load
     n_layers = n_layers_of(args)
     for alpha in alphas:
         if isinstance(alpha, list) and n_layers is not None and len(alpha) != n_layers:
             raise OptionError(f"--alpha has {len(alpha)} values but the model has {n_layers} layers")
-    return prompts
+
+
+def check_before_loading(args, alphas) -> list:
+    """Every check that costs nothing, before any model loads; returns the prompts."""
+    check_model_args(args, alphas)
+    if args.template:
+        paper_template(args.template)  # an unknown name fails before any weights load
+    rendering_choice(args)
+    return read_prompts(args.prompts)  # every line, before any weights load
 
 
 def rendering_choice(args) -> bool | None:
@@ -81,15 +86,20 @@ def rendering_choice(args) -> bool | None:
     return True if args.chat or args.template else (False if args.raw_text else None)
 
 
-def load(args):
-    """The pair the options name (the default pair without any), its paper template applied; says how prompts
-    will be rendered and sets ``args.chat`` to that choice."""
+def load_models(args):
+    """The pair the model and memory options name (the default pair without any)."""
     if args.pretrained is None:
         print("tuco: no model given; using the default pair (gemma-3-270m + chat LoRA; first run fetches it)",
               file=sys.stderr)
-    pair = load_pair(args.pretrained, args.finetuned, tokenizer=args.tokenizer, dtype=args.dtype,
+    return load_pair(args.pretrained, args.finetuned, tokenizer=args.tokenizer, dtype=args.dtype,
                      device=default_device(args.device), allow_pickle=args.allow_pickle, offload=args.offload,
                      max_gpu_memory=args.max_gpu_memory, prefetch=not args.no_prefetch)
+
+
+def load(args):
+    """The pair the options name (the default pair without any), its paper template applied; says how prompts
+    will be rendered and sets ``args.chat`` to that choice."""
+    pair = load_models(args)
     if args.template:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TemplateMismatchWarning)
