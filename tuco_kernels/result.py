@@ -59,6 +59,8 @@ class TuCoResult:
     truncated_from: N original lengths, 0 for prompts that were not cut (``truncate=...``), else None.
     texts: N previews of the prompts (the text, a chat's turns, decoded ids), cut at 1000 characters.
     tokens: N lists of token strings beside ``token_tuco`` (``token_map=True``).
+    columns: N dicts of the labels carried with the prompts (extra CSV columns, JSONL fields, DataFrame columns;
+        the same names in every row), else None.
     run: how the run went (:class:`RunInfo`).
     """
 
@@ -76,6 +78,7 @@ class TuCoResult:
     run: RunInfo | None = None
     texts: list | None = None
     tokens: list | None = None
+    columns: list | None = None
 
     @property
     def ok(self) -> np.ndarray:
@@ -111,14 +114,16 @@ class TuCoResult:
         return len(self.ids)
 
     def to_records(self) -> list[dict]:
-        """One plain dict per prompt (JSON-serialisable): id, text, tuco, preco, n_tokens, status and what was asked for.
-        A number that is not finite is None (JSON null), never NaN."""
+        """One plain dict per prompt (JSON-serialisable): id, text, the prompts' labels, tuco, preco, n_tokens, status
+        and what was asked for. A number that is not finite is None (JSON null), never NaN."""
         out = []
         ok = self.ok
         for i, pid in enumerate(self.ids):
             rec = {"id": pid}
             if self.texts is not None:
                 rec["text"] = self.texts[i]
+            if self.columns is not None:
+                rec |= self.columns[i]
             rec |= {"tuco": _number(self.tuco[i]) if ok[i] else None,
                    "preco": _number(self.preco[i]) if ok[i] else None, "n_tokens": int(self.n_tokens[i]),
                    "status": self.status[i] if self.status is not None else ("ok" if ok[i] else "non-finite")}

@@ -164,7 +164,8 @@ def _score_group(pair, group: list[Batch], alphas, options: dict, labels) -> Ite
             i = group[0].indices[0]
             what = labels[i] if labels else f"prompt {i} ({group[0].input_ids.shape[1]} tokens)"
             raise DeviceMemoryError(f"{what}: out of device memory even alone; use a shorter prompt, "
-                                    f"--offload cpu|disk, or a smaller --dtype") from None
+                                    f"load the pair with offload='cpu' or 'disk' (--offload cpu|disk) or a smaller dtype "
+                                    f"(--dtype)") from None
         yield from _score_group(pair, [half for b in group for half in split_batch(b)], alphas, options, labels)
         return
     for batch, dec in zip(group, decs):
@@ -197,6 +198,13 @@ def row_status(tuco: float, nonfinite_layer: int, nonfinite_side: int) -> str:
     if not np.isfinite(tuco):
         return "undefined: ΣPTC and ΣFTC are both zero" if np.isnan(tuco) else "non-finite sums"
     return "ok"
+
+
+def prompt_columns(records) -> list[dict] | None:
+    """The labels carried with the prompts (the same names in every row), or None when they carry none."""
+    if not any(r.extra.get("columns") for r in records):
+        return None
+    return [dict(r.extra.get("columns") or {}) for r in records]
 
 
 def assemble(records, token_lists, alphas, parts: list[BatchScores], *, layers: bool, token_map: bool,
@@ -233,7 +241,7 @@ def assemble(records, token_lists, alphas, parts: list[BatchScores], *, layers: 
     result = TuCoResult(ids=[r.id for r in records], tuco=tuco, n_tokens=np.array([len(t) for t in token_lists]),
                         alpha=alphas, token_tuco=token_tuco, output_co=oco, status=status,
                         truncated_from=truncated, run=run, texts=[r.preview(tokenizer) for r in records],
-                        tokens=tokens)
+                        tokens=tokens, columns=prompt_columns(records))
     if layers:
         result.ptc_l1, result.ftc_l1 = norms[..., 0], norms[..., 1]
         result.beta = contribution_ratio(norms[..., 3], norms[..., 2])

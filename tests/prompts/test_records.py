@@ -2,6 +2,8 @@
 
 import pytest
 
+import tuco_kernels as tk
+from tuco_kernels.errors import PromptError
 from tuco_kernels.prompts.records import normalize_prompts, read_prompt_file
 from tuco_kernels.prompts.tokenize import tokenize
 from tuco_kernels.errors import TucoError
@@ -58,7 +60,7 @@ def test_prompt_files(tmp_path):
     (tmp_path / "p.csv").write_text('id,prompt\nr1,"hello, world"\n,second\n')
     (tmp_path / "p.txt").write_text("one\n\ntwo\n")
     j = read_prompt_file(tmp_path / "p.jsonl")
-    assert [r.id for r in j] == ["first", "1"] and j[1].messages[0]["content"] == "b"   # one id type: strings
+    assert [r.id for r in j] == ["first", "2"] and j[1].messages[0]["content"] == "b"   # one id type: strings; line 3 (0-based 2)
     c = read_prompt_file(tmp_path / "p.csv")
     assert [(r.id, r.text) for r in c] == [("r1", "hello, world"), ("1", "second")]
     t = read_prompt_file(tmp_path / "p.txt")
@@ -128,3 +130,69 @@ def test_prompts_longer_than_the_model_are_refused_or_cut(llama_pair):
         records, ids = prepare(llama_pair, ["short", {"id": "long", "input_ids": list(range(3, 303))}], truncate=side)
         assert ids[1] == list(range(3, 303))[kept] and records[1].extra["truncated_from"] == 300
         assert "truncated_from" not in records[0].extra
+
+
+# ---------------------------------------------------------------------------------------------- labels and ids
+
+
+def test_extra_csv_columns_and_jsonl_fields_are_carried_as_labels(tmp_path):
+    (tmp_path / "p.csv").write_text("id,prompt,source,set\na,hello there,web,1\nb,how are you,chat,2\n")
+    rows = tk.read_prompts(tmp_path / "p.csv")
+    assert [r.extra["columns"] for r in rows] == [{"source": "web", "set": "1"}, {"source": "chat", "set": "2"}]
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi", "source": "web", "n": 1}\n'
+                                      '{"prompt": "yo", "source": "chat", "n": 2.5, "tags": ["x", "y"]}\n')
+    rows = tk.read_prompts(tmp_path / "p.jsonl")
+    # every row gets every label; ints mixed with floats are numbers; a list is written as JSON text
+    assert [r.extra["columns"] for r in rows] == [{"source": "web", "n": 1.0, "tags": None},
+                                                  {"source": "chat", "n": 2.5, "tags": '["x", "y"]'}]
+
+
+@pytest.mark.parametrize("name", ["tuco", "status", "text", "n_tokens", "finetuned"])
+def test_a_label_named_like_an_output_column_is_refused_by_name(tmp_path, name):
+    (tmp_path / "p.csv").write_text(f"prompt,{name}\nhello,1\n")
+    with pytest.raises(PromptError, match=rf"p\.csv:2: the column '{name}' has the name of an output column"):
+        tk.read_prompts(tmp_path / "p.csv")
+
+
+def test_labels_of_mixed_kinds_become_text_so_every_format_can_hold_them():
+    rows = normalize_prompts([{"prompt": "a", "y": 1}, {"prompt": "b", "y": "two"}, {"prompt": "c", "y": True},
+                              {"prompt": "d"}])
+    assert [r.extra["columns"]["y"] for r in rows] == ["1", "two", "True", None]
+
+
+def test_ids_of_a_txt_or_jsonl_file_are_line_numbers_blank_lines_counted(tmp_path):
+    (tmp_path / "p.txt").write_text("first\n\nthird\n   \nfifth\n")
+    assert [r.id for r in tk.read_prompts(tmp_path / "p.txt")] == [0, 2, 4]
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n\n{"prompt": "b"}\n')
+    assert [r.id for r in tk.read_prompts(tmp_path / "p.jsonl")] == [0, 2]
+
+
+def test_any_sequence_or_iterable_of_prompts_is_accepted():
+    import numpy as np
+    import pandas as pd
+
+    texts = ["one prompt", "another prompt"]
+    for given in (tuple(texts), np.array(texts), (t for t in texts), pd.Series(texts)):
+        rows = normalize_prompts(given)
+        assert [(r.id, r.text) for r in rows] == [(0, "one prompt"), (1, "another prompt")], type(given)
+    series = pd.Series(texts, index=[7, 3])        # a filtered frame's column: its index are the ids
+    assert [r.id for r in normalize_prompts(series)] == [7, 3]
+    with pytest.raises(PromptError, match="got int"):
+        normalize_prompts(5)
+    with pytest.raises(PromptError, match="got dict"):
+        normalize_prompts({"prompt": "a mapping is one prompt's fields, not a list"})
+
+
+def test_a_dataframe_keeps_its_other_columns_as_labels_and_its_index_as_ids():
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({"prompt": ["a b", "c d"], "source": ["web", "chat"], "score": [1.5, np.nan]},
+                         index=[10, 20])
+    rows = normalize_prompts(frame)
+    assert [r.id for r in rows] == [10, 20]
+    assert [r.extra["columns"] for r in rows] == [{"source": "web", "score": 1.5}, {"source": "chat", "score": None}]
+    frame["id"] = ["x", "y"]
+    assert [r.id for r in normalize_prompts(frame)] == ["x", "y"]
+    with pytest.raises(PromptError, match="DataFrame: no 'prompt' or 'messages' column"):
+        normalize_prompts(pd.DataFrame({"question": ["a"]}))

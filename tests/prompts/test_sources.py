@@ -87,9 +87,10 @@ def test_hf_dataset_from_the_local_cache(hf_cache):
     assert [r.text for r in train] == PROMPTS and [r.id for r in train] == [0, 1, 2, 3]
     assert train[2].where == "hf:tuco_tiny_prompts:train row 2"
     assert train[1].extra["columns"] == {"question": "Q1?", "label": 1}
-    questions = tk.read_prompts("hf:tuco_tiny_prompts:test:question")
-    assert [(r.id, r.text) for r in questions] == [(100, "Why?")]
-    assert questions[0].extra["columns"] == {"prompt": "Hi", "label": 1}
+    # another column as the prompt: the table's own 'prompt' column would be carried under an output column's name
+    with pytest.raises(PromptError, match=r"hf:tuco_tiny_prompts:test row 0: the column 'prompt' has the "
+                                          r"name of an output column; rename it"):
+        tk.read_prompts("hf:tuco_tiny_prompts:test:question")
     assert datasets.config.HF_HUB_OFFLINE is True   # the tests run offline; reading leaves the setting as it was
 
 
@@ -114,7 +115,8 @@ def test_save_to_disk_folders(tmp_path):
     recs = tk.read_prompts(tmp_path / "one")
     assert [r.text for r in recs] == PROMPTS[:2] and recs[1].extra["columns"] == {"topic": "b"}
     assert recs[0].where == f"hf:{tmp_path / 'one'} row 0"
-    assert [r.text for r in tk.read_prompts(f"hf:{tmp_path / 'one'}:topic")] == ["a", "b"]   # no splits: hf:FOLDER:COLUMN
+    with pytest.raises(PromptError, match="the column 'prompt' has the name of an output column"):   # no splits:
+        tk.read_prompts(f"hf:{tmp_path / 'one'}:topic")                                             # hf:FOLDER:COLUMN
     with pytest.raises(PromptError, match="the saved dataset has no splits, so no split 'nope'"):
         tk.read_prompts(f"hf:{tmp_path / 'one'}:nope")
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows),

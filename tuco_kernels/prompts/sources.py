@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from ..errors import PromptError
-from .records import Prompt, _check_id, _check_messages, _check_text, read_prompt_file, unify_ids
+from .records import Prompt, _check_id, _check_messages, _check_text, carry_columns, read_prompt_file, unify_ids
 
 HF_PREFIX = "hf:"
 FILE_SUFFIXES = (".jsonl", ".csv", ".txt", ".parquet")
@@ -192,4 +192,4 @@ def table_prompts(rows: list[dict], columns: list[str], source: str, *, column: 
         records.append(rec)
     if not records:
         raise PromptError(f"{source}: no prompts (the table has no rows)")
-    return unify_ids(records)
+    return carry_columns(unify_ids(records))
