@@ -23,7 +23,7 @@ LAYERS = [
     ("offload", ["tuco_kernels.offload"]),
     ("loading and prompts", ["tuco_kernels.models", "tuco_kernels.prompts"]),
     ("api", ["tuco_kernels.attach", "tuco_kernels.generate", "tuco_kernels.result", "tuco_kernels.score",
-             "tuco_kernels.steer", "tuco_kernels.report", "tuco_kernels.dataset", "tuco_kernels.harness"]),
+             "tuco_kernels.logprobs", "tuco_kernels.report", "tuco_kernels.dataset", "tuco_kernels.harness"]),
     ("command line", ["tuco_kernels.cli", "tuco_kernels.__main__"]),
     ("package face", ["tuco_kernels"]),
 ]
@@ -36,6 +36,7 @@ LAZY_ALLOWED = {
     ("tuco_kernels.ops.extension", "tuco_kernels._C"): "the compiled ops; absent in an unbuilt checkout",
     ("tuco_kernels.harness", "tuco_kernels.harness.lm"): "imports lm-eval (an optional extra) when LMEvalModel is used",
     ("tuco_kernels.cli.evaluating", "tuco_kernels.harness.lm"): "imports lm-eval, after tuco eval has checked it is there",
+    ("tuco_kernels.cli", "tuco_kernels.cli.command"): "the commands import torch; tuco --version answers without it",
 }
 
 

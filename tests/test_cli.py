@@ -76,6 +76,45 @@ def test_score_every_format(tmp_path, models, expected, in_kind, out_kind, capsy
     assert "TuCo mean ± sd" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("in_kind", ["csv", "jsonl"])
+def test_labels_reach_every_output_and_the_report_groups_by_them(tmp_path, models, expected, in_kind, capsys):
+    sources = ["web", "chat", "web", "chat"][:len(PROMPTS)]
+    if in_kind == "csv":
+        text = "prompt,source,set\n" + "\n".join(f'"{p}",{s},{i}' for i, (p, s) in enumerate(zip(PROMPTS, sources)))
+    else:
+        text = "\n".join(json.dumps({"prompt": p, "source": s, "set": i})
+                         for i, (p, s) in enumerate(zip(PROMPTS, sources)))
+    prompts = tmp_path / f"labelled.{in_kind}"
+    prompts.write_text(text + "\n")
+    base = ["--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"), "--prompts", str(prompts),
+            "--no-progress"]
+    for out in ("s.csv", "s.jsonl", "s.parquet", "run/"):   # run/: a sharded run's directory
+        assert main(["score", *base, "--out", f"{tmp_path}/{out}"]) == 0
+        rows = _read(tmp_path / "run" / "scores.parquet" if out == "run/" else tmp_path / out)
+        assert [r["source"] for r in rows] == sources, out
+        assert [str(r["set"]) for r in rows] == [str(i) for i in range(len(PROMPTS))], out
+        assert [r["tuco"] for r in rows] == pytest.approx(list(expected.tuco), abs=1e-12)
+        # the labels stand between the prompt and its scores
+        assert list(rows[0])[:4] == ["id", "text", "source", "set"], out
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "s.parquet"), "--group", "source", "--auc", "chat,web",
+                 "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "chat" in page and "web" in page and "AUC" in page
+    gen = tmp_path / "gen.jsonl"
+    assert main(["steer", *base[:-1], "--alpha", "1", "--max-new-tokens", "2", "--out", str(gen)]) == 0
+    assert [json.loads(line)["source"] for line in gen.read_text().splitlines()] == sources
+
+
+def test_a_label_named_like_an_output_column_is_refused_before_loading(tmp_path, models, capsys):
+    (tmp_path / "p.csv").write_text("prompt,tuco\nhello,0.5\n")
+    rc = main(["score", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"), "--prompts",
+               str(tmp_path / "p.csv"), "--out", str(tmp_path / "o.csv")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "p.csv:2: the column 'tuco' has the name of an output column" in err
+    assert "loading" not in err and not (tmp_path / "o.csv").exists()
+
+
 def test_chat_alpha_and_output_co(tmp_path, models):
     prompts = tmp_path / "chat.jsonl"
     prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "Can you help me?"}]}) + "\n")
@@ -154,6 +193,39 @@ def test_steer_and_info_commands(tmp_path, models, capsys):
         assert "backend cpu     available" in info.stdout and "default on cpu  cpu" in info.stdout
 
 
+def test_steer_alpha_sweep_top_k_and_one_alpha_convention(tmp_path, models, capsys):
+    """--alpha-sweep A,B (eval's spelling) equals the older --alpha A B; --alpha A,B is one α per layer, as for score;
+    --top-k reaches the sampler (top-k 1 samples the greedy tokens); a negative α is accepted with a note."""
+    base = ["steer", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"), "--prompts",
+            str(_write_prompts(tmp_path, "txt")), "--max-new-tokens", "4"]
+
+    def run(*flags, name):
+        out = tmp_path / f"{name}.jsonl"
+        assert main([*base, *flags, "--out", str(out)]) == 0
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    sweep = run("--alpha-sweep", "0.75,1.25", name="sweep")
+    assert sweep == run("--alpha", "0.75", "1.25", name="spaced")
+    assert [r["alpha"] for r in sweep] == [0.75, 1.25] * len(PROMPTS)
+    greedy = run("--alpha", "1", name="greedy")
+    assert [r["text"] for r in run("--alpha", "1", "--sample", "--top-k", "1", "--seed", "5", name="k1")] == \
+        [r["text"] for r in greedy]
+    n_layers = tk.load_pair(models / "pt", models / "ft").n_layers
+    per_layer = run("--alpha", ",".join(["1"] * n_layers), name="layers")
+    assert [r["text"] for r in per_layer] == [r["text"] for r in greedy]
+    capsys.readouterr()
+    run("--alpha", "-0.5", name="negative")
+    assert "α < 0 subtracts the fine-tuning component" in capsys.readouterr().err
+    assert main([*base, "--alpha", "1", "--alpha-sweep", "0,1"]) == 2
+    assert "--alpha and --alpha-sweep both given" in capsys.readouterr().err
+    assert main(["steer", "--help"]) == 0
+    helptext = " ".join(capsys.readouterr().out.split())
+    for flag in ("--top-k K with --sample", "--temperature T with --sample", "--top-p P with --sample",
+                 "--seed S with --sample", "--max-new-tokens N new tokens"):
+        assert flag in helptext
+    assert "(default: 0, all)" in helptext and "(default: 32)" in helptext
+
+
 def test_console_script_runs(tmp_path, models):
     """The installed `tuco` entry point, as a user runs it, with the progress bar on stderr."""
     import shutil
@@ -212,3 +284,38 @@ def test_outputs_carry_text_token_maps_and_run_metadata(tmp_path, models, out_ki
         import pyarrow.parquet as pq
 
         assert json.loads(pq.read_metadata(out).metadata[b"tuco"]) == meta
+
+
+def test_provenance_is_what_the_user_asked_and_what_the_run_did(tmp_path, models, capsys):
+    """--template: the rendering line and the metadata name the paper's template (they said "chat template of <path>"
+    before); the options are recorded as given, the device the run chose beside them."""
+    prompts = _write_prompts(tmp_path, "txt")
+    out = tmp_path / "o.csv"
+    assert main(["score", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"), "--prompts",
+                 str(prompts), "--out", str(out), "--no-progress", "--template", "llama2", "--truncate", "left"]) == 0
+    err = capsys.readouterr().err
+    assert "tuco: rendering: the paper's llama2 template (tuco_kernels.prompts.templates)" in err
+    meta = json.loads((tmp_path / "o.csv.meta.json").read_text())
+    assert meta["rendering"].startswith("the paper's llama2 template")
+    assert meta["options"]["template"] == "llama2" and meta["options"]["chat"] is False   # as given (no --chat)
+    assert meta["options"]["device"] is None and meta["device"] == "cpu"                  # and what the run did
+
+
+@pytest.mark.parametrize("labels", [False, True])
+def test_a_sharded_run_records_the_same_metadata_as_a_file_run(tmp_path, models, labels, capsys):
+    import pyarrow.parquet as pq
+
+    prompts = _write_prompts(tmp_path, "jsonl")
+    if labels:
+        prompts.write_text("".join(json.dumps({"prompt": p, "source": "x"}) + "\n" for p in PROMPTS))
+    assert main(["score", "--pretrained", str(models / "pt"), "--finetuned", str(models / "ft"), "--prompts",
+                 str(prompts), "--out", f"{tmp_path}/run/", "--also", "csv", "--no-progress", "--raw-text"]) == 0
+    for name in ("scores.parquet", "scores.csv"):
+        meta = json.loads((tmp_path / "run" / f"{name}.meta.json").read_text())
+        assert meta["models"]["finetuned"].endswith("ft") and meta["rendering"].startswith("raw text")
+        assert meta["options"]["raw_text"] is True and meta["command"].startswith("tuco score")
+        assert len(meta["fingerprint_sha256"]) == 64
+    assert json.loads(pq.read_metadata(tmp_path / "run" / "scores.parquet").metadata[b"tuco"]) == meta
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "run" / "scores.parquet"), "--out", str(tmp_path / "r.html")]) == 0
+    assert "No run metadata" not in (tmp_path / "r.html").read_text()

@@ -103,6 +103,12 @@ def test_torchrun_two_ranks_same_numbers_as_score(setup, tmp_path):
     assert ranks == {0, 1}  # both ranks claimed shards
     assert (out / "_SUCCESS").is_file() and (out / "scores.csv").is_file()
     assert "2 processes" in done.stderr
+    # the loading lines once (rank 0's), the summary over both ranks' shards, with TuCo and every file
+    assert done.stderr.count("loading the pre-trained model from") == 1, done.stderr
+    assert done.stderr.count("tuco: rendering:") == 1, done.stderr
+    n_shards = len(list((out / "shards").glob("*.parquet")))
+    assert f"{n_shards} shards over 2 processes (" in done.stderr and "TuCo mean ± sd" in done.stderr
+    assert "scores.parquet, scores.parquet.meta.json, scores.csv, scores.csv.meta.json" in done.stderr
 
 
 def test_killed_run_resumes_without_rewriting_finished_shards(setup, tmp_path):

@@ -5,6 +5,8 @@ The many-process and killed-process tests are in test_processes.py."""
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -186,10 +188,18 @@ def test_command_line_directory_out(pair, tokenizer, tmp_path, capsys):
     base = ["score", "--pretrained", str(tmp_path / "pt"), "--finetuned", str(tmp_path / "ft"), "--prompts",
             str(tmp_path / "p.jsonl"), "--no-progress", "--batch-tokens", "160", "--layers"]
     assert main(base + ["--out", str(tmp_path / "file.jsonl")]) == 0
+    file_summary = capsys.readouterr().err
     assert main(base + ["--out", f"{tmp_path / 'dir'}/", "--shard-tokens", "300", "--also", "jsonl"]) == 0
     assert (tmp_path / "dir" / "scores.jsonl").read_bytes() == (tmp_path / "file.jsonl").read_bytes()
-    assert len(list((tmp_path / "dir" / "shards").glob("*.parquet"))) > 1
-    capsys.readouterr()
+    n_shards = len(list((tmp_path / "dir" / "shards").glob("*.parquet")))
+    assert n_shards > 1
+    # the summary: every shard of the run counted, TuCo as the file run prints it, every file written named
+    dir_summary = capsys.readouterr().err
+    mean = re.search(r"TuCo mean ± sd\s+(\S+ ± \S+)", file_summary).group(1)
+    assert re.search(rf"TuCo mean ± sd\s+{re.escape(mean)}", dir_summary), dir_summary
+    assert f"this run        {n_shards} shards over 1 process," in dir_summary
+    assert (f"{tmp_path / 'dir'}{os.sep}: scores.parquet, scores.parquet.meta.json, scores.jsonl, "
+            f"scores.jsonl.meta.json") in dir_summary
     # an existing directory is the sharded mode too; the changed option is named; status 2 before any scoring
     assert main(base[:-1] + ["--out", str(tmp_path / "dir"), "--shard-tokens", "300"]) == 2
     assert "other layers" in capsys.readouterr().err

@@ -6,6 +6,7 @@ finite: see the ``status`` column); 1 an internal error (a bug: one line, the tr
 130 interrupted; 143 terminated (SIGTERM); 141 stdout closed by its reader (``| head``). Everything that can be checked without the models (options, the output path, every line of the
 prompt file, α against the config's layer count) is checked before any model loads.
 
+command.py    the command itself: parse, check, run one subcommand in the console
 parser.py     the options, their groups, types and examples
 console.py    exit codes, the console (quiet unless -v), errors as one line
 prepare.py    checks before loading, then the pair and its rendering
@@ -19,29 +20,29 @@ info.py       tuco info
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-from .console import (EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE, EXIT_TERMINATED, EXIT_USER,
-                      console, lenient_streams, run_command)
-from .evaluating import cmd_eval
-from .info import cmd_info
-from .parser import build_parser, join_dash_values
-from .reporting import cmd_report
-from .scoring import cmd_score
-from .steering import cmd_steer
-
-COMMANDS = {"score": cmd_score, "steer": cmd_steer, "eval": cmd_eval, "report": cmd_report, "info": cmd_info}
+from .._version import __version__
 
 __all__ = ["main", "build_parser", "COMMANDS", "EXIT_OK", "EXIT_INTERNAL", "EXIT_USER", "EXIT_FLAGGED",
            "EXIT_INTERRUPTED", "EXIT_PIPE", "EXIT_TERMINATED"]
 
+_LAZY = {"build_parser": ".parser", "COMMANDS": ".command", **{name: ".console" for name in __all__ if name[:5] == "EXIT_"}}
+
 
 def main(argv=None) -> int:
-    lenient_streams()
-    parser = build_parser()
-    try:
-        args = parser.parse_args(join_dash_values(parser, sys.argv[1:] if argv is None else argv))
-    except SystemExit as exc:   # --help, --version (0) or an option argparse refused (2, already printed as one line)
-        return exc.code
-    with console(getattr(args, "verbose", False)):
-        return run_command(COMMANDS[args.command], args)
+    """``tuco ARGS``: its exit status. ``tuco --version`` answers before torch or transformers are imported."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:
+        print(f"tuco {__version__}")
+        return 0
+    from .command import run   # the commands import torch and transformers
+
+    return run(argv)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

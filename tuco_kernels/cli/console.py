@@ -80,7 +80,8 @@ class _StderrLines(logging.Handler):
 @contextlib.contextmanager
 def console(verbose: bool):
     """For one command: without -v, no third-party warnings and no HF progress bars (tuco's stage lines and bar
-    say what happens); tuco's log lines on stderr. Everything is put back afterwards."""
+    say what happens); tuco's log lines on stderr, under torchrun from rank 0 only (the other ranks load and probe
+    the same way; their warnings and errors still show). Everything is put back afterwards."""
     from transformers.utils import logging as hf_logging
 
     logger = logging.getLogger("tuco_kernels")
@@ -92,7 +93,8 @@ def console(verbose: bool):
             hf_logging.set_verbosity_error()
             hf_logging.disable_progress_bar()
         logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        other_rank = os.environ.get("RANK", "0") not in ("", "0")
+        logger.setLevel(logging.DEBUG if verbose else (logging.WARNING if other_rank else logging.INFO))
         logger.propagate = False
         try:
             yield

@@ -49,7 +49,7 @@ def cmd_eval(args) -> int:
             how = eval_rendering(args, pair.tokenizer)
             print(f"tuco: {pair}; tasks {', '.join(tasks)}; α {', '.join(_label(a) for a in alphas)}", file=sys.stderr)
             print(f"tuco: rendering: {how}", file=sys.stderr)
-            meta = run_metadata(pair, options=options_of(args), command=command_line())
+            meta = run_metadata(pair, options=options_of(args), command=command_line(args))
             meta.update(rendering=how, tasks=tasks, versions={**meta["versions"], **_versions()})
 
             def on_result(alpha, result):

@@ -45,7 +45,7 @@ EXAMPLES = {
 exit status: 0 clean; 2 a mistake named on one line; 3 finished, but rows are flagged (see the status column);
 1 an internal error (a bug); 130 interrupted.""",
     "steer": """examples:
-  tuco steer --prompts prompts.txt --alpha 0.75 1 1.25 --max-new-tokens 40          # the default pair
+  tuco steer --prompts prompts.txt --alpha-sweep 0.75,1,1.25 --max-new-tokens 40         # the default pair
   tuco steer --pretrained BASE --finetuned CHAT --prompts p.txt --alpha 1.25 --sample --samples 4 --out gen.jsonl""",
     "eval": """examples:
   tuco eval --tasks arc_easy --limit 100 --out arc.json                                 # the default pair
@@ -152,13 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(t)
     _add_model_args(t)
     g = t.add_argument_group("generation")
-    g.add_argument("--alpha", type=alpha_value, nargs="+", default=[1.0], metavar="A",
-                   help="one or more α values (or comma-separated per-layer lists)")
-    g.add_argument("--max-new-tokens", type=positive_int, default=32, metavar="N")
+    g.add_argument("--alpha", type=alpha_value, nargs="+", metavar="A",
+                   help="FTC scale α, or comma-separated per-layer values, as for score (default: 1, the fine-tuned "
+                        "model); several α values as A B C are still read, --alpha-sweep is the spelling to use")
+    g.add_argument("--alpha-sweep", type=alpha_list, metavar="A,B,...",
+                   help="generate at each of these α (scalars, comma-separated, as for eval)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=32, metavar="N",
+                   help="new tokens per completion at most; EOS (and a chat's end of turn) stops earlier (default: 32)")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=positive_float, default=1.0)
-    g.add_argument("--top-p", type=probability, default=1.0, metavar="P")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--temperature", type=positive_float, default=1.0, metavar="T",
+                   help="with --sample: divide the logits by T (default: 1)")
+    g.add_argument("--top-k", type=non_negative_int, default=0, metavar="K",
+                   help="with --sample: draw from the K most likely tokens only (default: 0, all)")
+    g.add_argument("--top-p", type=probability, default=1.0, metavar="P",
+                   help="with --sample: draw from the smallest set of tokens whose probability reaches P (default: 1, "
+                        "all)")
+    g.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="with --sample: the random seed; a prompt's draws depend only on it, the prompt's tokens and "
+                        "the sample's number, not on batching (default: 0)")
     g.add_argument("--samples", type=positive_int, default=1, metavar="N",
                    help="completions per prompt and α (with --sample: independent draws)")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step")

@@ -65,6 +65,9 @@ def check_model_args(args, alphas) -> None:
     for alpha in alphas:
         if isinstance(alpha, list) and n_layers is not None and len(alpha) != n_layers:
             raise OptionError(f"--alpha has {len(alpha)} values but the model has {n_layers} layers")
+    if any(a < 0 for alpha in alphas for a in (alpha if isinstance(alpha, list) else [alpha])):
+        print("tuco: note: α < 0 subtracts the fine-tuning component (x + PTC − |α|·FTC at each layer), beyond the "
+              "paper's α ≥ 0 (docs/math.md §3)", file=sys.stderr)
 
 
 def check_before_loading(args, alphas) -> list:
@@ -107,18 +110,23 @@ def load(args):
         for w in caught:
             print(f"tuco: warning: {w.message}", file=sys.stderr)
     args.chat = rendering_choice(args)
-    print(f"tuco: rendering: {rendering(pair.tokenizer, args.chat, args.system_prompt)}", file=sys.stderr)
+    if dist_env().rank == 0:   # under torchrun every rank renders alike: one says how
+        print(f"tuco: rendering: {rendering(pair.tokenizer, args.chat, args.system_prompt)}", file=sys.stderr)
     return pair
 
 
 def options_of(args) -> dict:
-    """The options of the run as given (for the results' metadata)."""
-    skip = {"command", "pretrained", "finetuned", "no_progress"}
-    return {k: v for k, v in vars(args).items() if k not in skip}
+    """The options of the run as the user gave them (for the results' metadata; what the run made of them, the
+    models' snapshots, the device, the offload, the rendering, is recorded beside them by run_metadata)."""
+    skip = {"command", "pretrained", "finetuned", "no_progress", "given", "argv"}
+    given = getattr(args, "given", None) or vars(args)
+    return {k: v for k, v in given.items() if k not in skip}
 
 
-def command_line() -> str:
-    return shlex.join(["tuco", *sys.argv[1:]])
+def command_line(args=None) -> str:
+    """The command as typed: ``tuco`` and the arguments :func:`tuco_kernels.cli.main` parsed."""
+    argv = getattr(args, "argv", None)
+    return shlex.join(["tuco", *(sys.argv[1:] if argv is None else argv)])
 
 
 def estimated_bytes(n_rows: int, per_row: int) -> int:

@@ -43,7 +43,7 @@ def cmd_score(args) -> int:
                            max_gpu_memory=args.max_gpu_memory, sweep_tokens=args.sweep_tokens, profile=args.profile,
                            truncate=args.truncate, token_map=args.token_map)
         target.write(result.to_records(), metadata=run_metadata(pair, options=options_of(args), run=result.run,
-                                                                command=command_line()))
+                                                                command=command_line(args)))
     print_summary(args, pair, result)
     return EXIT_FLAGGED if result.flagged else EXIT_OK
 

@@ -20,7 +20,9 @@ from ..errors import TucoError
 from ..models.load import choose_offload
 from ..models.sources import parse_dtype
 from ..prompts.output import OUTPUT_SUFFIXES
+from ..result import run_metadata
 from .console import EXIT_FLAGGED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USER, Terminated
+from .prepare import command_line, options_of
 from .values import positive_float, positive_int
 
 
@@ -124,7 +126,8 @@ def cmd_score_dataset(args, load) -> int:
                             max_gpu_memory=args.max_gpu_memory, sweep_tokens=args.sweep_tokens,
                             shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, formats=args.also or (),
                             progress=not args.no_progress, coordinator=coord, truncate=args.truncate,
-                            token_map=args.token_map)
+                            token_map=args.token_map,
+                            metadata=run_metadata(pair, options=options_of(args), command=command_line(args)))
         pair.close()
     except (ShardsFailed, RankLost) as exc:
         print(f"tuco: error: {exc}", file=sys.stderr)
@@ -149,15 +152,29 @@ def cmd_score_dataset(args, load) -> int:
     finally:
         coord.close()
     if env.rank == 0:
-        rows = [("prompts", f"{run.n_prompts:,} in {run.n_shards} shards ({run.resumed} finished by earlier runs)"),
-                ("this run", f"{len(run.scored)} shards here, {run.seconds:.1f} s, {run.tokens_per_s:,.0f} tokens/s "
-                             f"over {run.world_size} process{'es' if run.world_size > 1 else ''}"),
-                ("written to", str(run.path))]
-        width = max(len(k) for k, _ in rows)
-        print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows), file=sys.stderr)
+        print_dataset_summary(run)
         flagged = run.flagged()
         if flagged:
             print(f"tuco: warning: {flagged} of {run.n_prompts} prompts have no usable TuCo (status column)",
                   file=sys.stderr)
             return EXIT_FLAGGED
     return EXIT_OK
+
+
+def print_dataset_summary(run) -> None:
+    """What a sharded run did, over every rank: the shards, this run's share and speed, TuCo over the merged rows
+    (as a file run prints it), and every file written."""
+    here = (f" ({len(run.scored)} by rank 0)" if run.world_size > 1 else "")
+    flagged = run.flagged()
+    stats = run.tuco_stats()
+    rows = [("prompts", f"{run.n_prompts:,} in {run.n_shards} shards ({run.resumed} finished by earlier runs)"
+                        + (f"; {flagged} flagged, not averaged" if flagged else "")),
+            ("this run", f"{run.shards_this_run} shards over {run.world_size} process"
+                         f"{'es' if run.world_size > 1 else ''}{here}, {run.seconds:.1f} s, "
+                         f"{run.tokens_per_s:,.0f} tokens/s")]
+    if stats["n"]:
+        rows += [("TuCo mean ± sd", f"{stats['mean']:.4f} ± {stats['sd']:.4f}"),
+                 ("TuCo min / max", f"{stats['min']:.4f} / {stats['max']:.4f}")]
+    rows.append(("written to", f"{run.out_dir}{os.sep}: " + ", ".join(p.name for p in run.files)))
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows), file=sys.stderr)

@@ -10,6 +10,7 @@ import sys
 from ..generate import generate, prepare_generation
 from ..prompts.output import OutputTarget
 from ..result import run_metadata
+from ..errors import OptionError
 from .console import EXIT_FLAGGED, EXIT_OK, EXIT_USER, silence_stdout
 from .prepare import check_before_loading, command_line, estimated_bytes, load, one_process, options_of
 
@@ -19,6 +20,7 @@ STEER_CHUNK = 8   # prompts generated together before their completions are prin
 def cmd_steer(args) -> int:
     if not one_process("tuco steer", "run it as one process (python -m tuco_kernels.cli steer ..., or tuco steer)"):
         return EXIT_USER
+    args.alpha = steer_alphas(args)
     prompts = check_before_loading(args, args.alpha)
     target = None
     if args.out:
@@ -39,12 +41,14 @@ def cmd_steer(args) -> int:
             for start in range(0, len(prompts), STEER_CHUNK):
                 chunk = prompts[start:start + STEER_CHUNK]
                 by_alpha = [generate(pair, chunk, alpha, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                                     temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                     seed=args.seed,
                                      use_cache=use_cache, num_samples=args.samples, chat=args.chat,
                                      system_prompt=args.system_prompt, batch_tokens=args.batch_tokens,
                                      backend=args.backend) for alpha in args.alpha]
                 for k, prompt in enumerate(chunk):
-                    rows = [{"id": prompt.id, "prompt": prompt.preview(pair.tokenizer), "alpha": alpha,
+                    labels = prompt.extra.get("columns") or {}
+                    rows = [{"id": prompt.id, "prompt": prompt.preview(pair.tokenizer), **labels, "alpha": alpha,
                              "sample": o["sample"], "text": o["text"], "status": o["status"]}
                             for alpha, outs in zip(args.alpha, by_alpha)
                             for o in outs[k * args.samples:(k + 1) * args.samples]]
@@ -58,12 +62,22 @@ def cmd_steer(args) -> int:
                             silence_stdout()
                             stdout_open = False
         if target is not None:
-            target.write(records, metadata=run_metadata(pair, options=options_of(args), command=command_line()))
+            target.write(records, metadata=run_metadata(pair, options=options_of(args), command=command_line(args)))
             print(f"tuco: {len(records)} completions written to {args.out}", file=sys.stderr)
     finally:
         if target is not None:
             target.release()
     return warn_flagged(records, str(pair.dtype))
+
+
+def steer_alphas(args) -> list:
+    """The α values to generate at: --alpha-sweep A,B,C (the convention of eval), or --alpha A (one α; a comma
+    separates per-layer values, as for score). --alpha A B C, the older spelling of a sweep, is still read."""
+    if args.alpha_sweep is not None and args.alpha is not None:
+        raise OptionError("--alpha and --alpha-sweep both given; use --alpha for one α, --alpha-sweep for several")
+    if args.alpha_sweep is not None:
+        return list(args.alpha_sweep)
+    return [1.0] if args.alpha is None else list(args.alpha)
 
 
 def warn_flagged(records: list[dict], dtype: str) -> int:

@@ -4,6 +4,7 @@ refused when the shards' rows are not each prompt once."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -14,8 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import TucoError
-from ..files import write_atomically
-from ..prompts.output import write_records
+from ..files import write_atomically, write_json
+from ..prompts.output import sidecar_path, write_records
 from .layout import ROW, Layout
 from .verify import check_shard, set_aside
 
@@ -24,10 +25,11 @@ MERGE_CHUNK = 50_000
 
 
 def merge_shards(layout: Layout, n_shards: int, n_rows: int, formats=(), *, plan_shards=None, ids=None,
-                 fingerprint_sha: str | None = None) -> Path:
+                 fingerprint_sha: str | None = None, metadata: dict | None = None) -> Path:
     """Every shard's rows in input order into ``scores.parquet`` (+ ``scores.<fmt>`` for ``formats``). With the
     run's ``plan_shards``, prompt ``ids`` and ``fingerprint_sha``, each shard is first checked to be this run's
-    (:func:`~tuco_kernels.dataset.verify.check_shard`); one that is not is set aside and named."""
+    (:func:`~tuco_kernels.dataset.verify.check_shard`); one that is not is set aside and named. ``metadata`` (the
+    run's) goes where a file run's goes: the Parquet file's ``tuco`` key and ``<file>.meta.json`` beside each file."""
     tables = []
     for k in range(n_shards):
         path = layout.shard(k)
@@ -50,9 +52,14 @@ def merge_shards(layout: Layout, n_shards: int, n_rows: int, formats=(), *, plan
         raise TucoError(f"{layout.shards}: the shards hold {len(rows)} rows for {n_rows} prompts "
                         f"({len(np.unique(rows))} distinct); delete the directory to start over")
     table = table.drop_columns([ROW])
+    if metadata is not None:
+        table = table.replace_schema_metadata({b"tuco": json.dumps(metadata, default=str).encode("utf-8")})
     write_atomically(layout.scores("parquet"), lambda f: pq.write_table(table, f))
     for fmt in formats:
         write_rows(table, layout.scores(fmt))
+    if metadata is not None:
+        for fmt in ("parquet", *formats):
+            write_json(sidecar_path(layout.scores(fmt)), metadata)
     return layout.scores("parquet")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -104,9 +105,22 @@ def compare_fingerprints(old: dict, new: dict, where: str) -> None:
         return text if len(text) <= 40 else text[:16] + "…"
 
     what = "; ".join(f"{k}: {show(old.get(k))} → {show(new[k])}" for k in changed)
+    threads = _threads_hint(old.get("device"), new.get("device")) if "device" in changed else ""
     raise PlanMismatch(f"{where} was made by a run with other {'/'.join(changed)} ({what}). Its finished shards "
-                       f"cannot be mixed with this run's: rerun with the same inputs and options, or use another "
-                       f"output directory (or delete this one to start over)")
+                       f"cannot be mixed with this run's: {threads or 'rerun with the same inputs and options'}, or "
+                       f"use another output directory (or delete this one to start over)")
+
+
+def _threads_hint(old, new) -> str:
+    """When only the CPU thread count differs: how to resume. It stays in the fingerprint because it changes the
+    numbers (the order of the matmuls' sums: on the default pair TuCo moved by up to 1.5e-7 between 1 and 2
+    threads, 2026-12-05), so the fix is to run with the first run's count."""
+    m_old, m_new = (re.fullmatch(r"cpu \((\d+) threads?\)", str(v)) for v in (old, new))
+    if not (m_old and m_new):
+        return ""
+    n = m_old.group(1)
+    return (f"the CPU thread count changes the last bits of the sums, so resume with the first run's {n} "
+            f"thread{'s' if n != '1' else ''}: OMP_NUM_THREADS={n} before the command (torchrun sets 1 per rank)")
 
 
 def device_name(device: torch.device) -> str:

@@ -14,6 +14,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -22,7 +23,8 @@ import torch
 from ..errors import TucoError, positive_int
 from ..files import write_json
 from ..offload.budget import check_peak, parse_size
-from ..prompts.tokenize import pad_id_of, use_chat
+from ..prompts.tokenize import pad_id_of, rendering, use_chat
+from ..result import run_metadata
 from ..score import DEFAULT_BATCH_TOKENS, SCHEDULES
 from .coordinator import Coordinator, RankLost, RunAborted, connect
 from .layout import DirectoryLock, Layout, now
@@ -54,6 +56,8 @@ class DatasetRun:
     tokens_per_s: float      # this run, all ranks
     rank: int = 0
     world_size: int = 1
+    shards_this_run: int = 0   # shards scored by this run's ranks together
+    formats: tuple = ()        # merged besides scores.parquet
 
     @property
     def complete(self) -> bool:
@@ -62,6 +66,24 @@ class DatasetRun:
     @property
     def path(self) -> Path:
         return Path(self.out_dir) / "scores.parquet"
+
+    @property
+    def files(self) -> list[Path]:
+        """The merged files the run wrote (``scores.parquet``, ``scores.<fmt>``, and each one's ``.meta.json``)."""
+        merged = [self.path, *(Path(self.out_dir) / f"scores.{fmt}" for fmt in self.formats)]
+        return [p for f in merged for p in (f, f.with_name(f.name + ".meta.json")) if p.is_file()]
+
+    def tuco_stats(self) -> dict:
+        """TuCo over the merged rows whose status is ok: n, mean, sd (the sample's, as TuCoResult.summary), min,
+        max; n = 0 when none is."""
+        table = pq.read_table(self.path, columns=["tuco", "status"])
+        ok = pc.equal(table.column("status"), "ok")
+        values = np.asarray(pc.filter(table.column("tuco"), ok).to_numpy(zero_copy_only=False), dtype=np.float64)
+        if not len(values):
+            return {"n": 0}
+        return {"n": len(values), "mean": float(values.mean()),
+                "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                "min": float(values.min()), "max": float(values.max())}
 
     def read(self):
         """The merged rows as a pandas DataFrame."""
@@ -80,7 +102,8 @@ def score_dataset(pair, prompts, out_dir, *, alpha=1.0, chat: bool | None = None
                   output_co: bool = False, backend: str | None = None, schedule: str | None = None,
                   max_gpu_memory=None, sweep_tokens: int | None = None, shard_tokens: int = DEFAULT_SHARD_TOKENS,
                   formats=(), progress: bool = False, coordinator: Coordinator | None = None,
-                  rank_timeout: float | None = None, truncate: str | None = None) -> DatasetRun:
+                  rank_timeout: float | None = None, truncate: str | None = None,
+                  metadata: dict | None = None) -> DatasetRun:
     """Score ``prompts`` into the directory ``out_dir`` in resumable shards (see :mod:`tuco_kernels.dataset`).
 
     The arguments shared with :func:`~tuco_kernels.score` mean the same and give the same numbers, row for row.
@@ -95,6 +118,10 @@ def score_dataset(pair, prompts, out_dir, *, alpha=1.0, chat: bool | None = None
         coordinator: the ranks' coordinator (:func:`tuco_kernels.dataset.coordinator.connect`); default: connect to the
             torchrun job this process belongs to, or work alone.
         rank_timeout: seconds without a heartbeat after which a rank counts as dead (when connecting here).
+        metadata: what the merged files record of the run (:func:`~tuco_kernels.result.run_metadata`: the models,
+            dtype, device, options, versions, date; the command line's own); default: this call's. The rendering and
+            the plan's fingerprint are added. It goes where ``tuco score`` puts a file run's: the Parquet file's
+            ``tuco`` key and a ``<file>.meta.json`` beside each merged file.
 
     Returns a :class:`DatasetRun`. Raises :class:`PlanMismatch` when ``out_dir`` holds another run's shards and
     :class:`ShardsFailed` when shards failed (after every other shard is done).
@@ -131,6 +158,13 @@ def score_dataset(pair, prompts, out_dir, *, alpha=1.0, chat: bool | None = None
                          backend=backend, max_gpu_memory=max_gpu_memory, sweep_tokens=sweep_tokens,
                          shard_tokens=shard_tokens)
         layout = Layout(out_dir, len(plan.shards))
+        metadata = dict(metadata) if metadata is not None else run_metadata(pair, options=dict(
+            alpha=alpha, chat=chat, system_prompt=system_prompt, batch_tokens=batch_tokens, layers=layers,
+            token_map=token_map, output_co=output_co, backend=backend, schedule=schedule,
+            max_gpu_memory=max_gpu_memory, sweep_tokens=sweep_tokens, shard_tokens=shard_tokens,
+            formats=list(formats), truncate=truncate))
+        metadata["rendering"] = metadata.get("rendering") or rendering(pair.tokenizer, chat, system_prompt)
+        metadata["fingerprint_sha256"] = plan.fingerprint_sha
         if coord.rank == 0:
             lock = _prepare_directory(layout, plan, coord, [r.id for r in records])
         state = coord.wait_json("plan", from_rank=0, what="rank 0's plan")
@@ -141,7 +175,7 @@ def score_dataset(pair, prompts, out_dir, *, alpha=1.0, chat: bool | None = None
                                 f"directory must be on a filesystem every node shares")
         return _run(pair, coord, layout, plan, state, records, tokens, alphas=plan.fingerprint["alpha"],
                     layers=layers, token_map=token_map, output_co=output_co, schedule=schedule, backend=backend,
-                    budget=budget, formats=formats, progress=progress)
+                    budget=budget, formats=formats, progress=progress, metadata=metadata)
     except (ShardsFailed, RankLost, RunAborted):
         raise  # every rank knows already
     except TucoError as exc:
@@ -204,7 +238,7 @@ def _say(line: str) -> None:
 
 
 def _run(pair, coord: Coordinator, layout: Layout, plan: DatasetPlan, state: dict, records, tokens, *, alphas,
-         layers, token_map, output_co, schedule, backend, budget, formats, progress) -> DatasetRun:
+         layers, token_map, output_co, schedule, backend, budget, formats, progress, metadata=None) -> DatasetRun:
     t0 = time.perf_counter()
     pending = state["pending"]
     pending_set = set(pending)
@@ -267,7 +301,7 @@ def _run(pair, coord: Coordinator, layout: Layout, plan: DatasetPlan, state: dic
         final = _finish(layout, plan, formats, {
             "world_size": coord.world_size, "shards_scored": len(pending),
             "tokens_scored": coord.add("scored_tokens", 0), "scoring_seconds": round(time.perf_counter() - t0, 3)},
-            [r.id for r in records])
+            [r.id for r in records], metadata)
         coord.set_json("final", final)
         bar.close()
         # with rank 0 hosting the store (no torchrun agent), stay until every rank has read the outcome
@@ -280,7 +314,7 @@ def _run(pair, coord: Coordinator, layout: Layout, plan: DatasetPlan, state: dic
     seconds = time.perf_counter() - t0
     run = DatasetRun(layout.root, plan.n_prompts, len(plan.shards), len(plan.shards) - len(pending), scored,
                      final["failed"], seconds, scored_tokens / seconds if seconds > 0 else 0.0, coord.rank,
-                     coord.world_size)
+                     coord.world_size, len(pending) - len(final["failed"]), tuple(formats))
     if final["failed"]:
         ks = final["failed"]
         raise ShardsFailed(f"{len(ks)} of {len(plan.shards)} shards failed ({', '.join(map(str, ks[:10]))}"
@@ -289,7 +323,7 @@ def _run(pair, coord: Coordinator, layout: Layout, plan: DatasetPlan, state: dic
     return run
 
 
-def _finish(layout: Layout, plan: DatasetPlan, formats, this_run: dict, ids: list) -> dict:
+def _finish(layout: Layout, plan: DatasetPlan, formats, this_run: dict, ids: list, metadata=None) -> dict:
     """Rank 0, every rank done: the failed shards, or the merge and _SUCCESS (with ``this_run``: how the last
     run went, from its first claim to its last shard). Merged outputs that a finished run left damaged (their
     sizes differ from what _SUCCESS recorded) are merged again, with a line saying so."""
@@ -302,7 +336,7 @@ def _finish(layout: Layout, plan: DatasetPlan, formats, this_run: dict, ids: lis
             _say(f"{problem}; merging the shards again")
         t0 = time.perf_counter()
         merge_shards(layout, len(plan.shards), plan.n_prompts, formats, plan_shards=plan.shards, ids=ids,
-                     fingerprint_sha=plan.fingerprint_sha)
+                     fingerprint_sha=plan.fingerprint_sha, metadata=metadata)
         write_json(layout.success, {"finished": now(), "n_prompts": plan.n_prompts, "n_shards": len(plan.shards),
                                      "fingerprint_sha256": plan.fingerprint_sha, "formats": ["parquet", *formats],
                                      "sizes": output_sizes(layout, formats),

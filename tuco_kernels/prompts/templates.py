@@ -52,6 +52,13 @@ ALIASES = {"vicuna": "llama2", "zephyr-gemma": "gemma"}
 PAPER_TEMPLATES = tuple(sorted([*_BODIES, *ALIASES]))
 
 
+def paper_template_of(chat_template) -> str | None:
+    """The name of the paper's template that ``chat_template`` is (as :func:`use_paper_template` sets it), else None."""
+    if not isinstance(chat_template, str):
+        return None
+    return next((name for name in sorted(_BODIES) if paper_template(name) == chat_template), None)
+
+
 def paper_template(name: str) -> str:
     """The Jinja chat template for one of :data:`PAPER_TEMPLATES`."""
     key = ALIASES.get(name, name)

@@ -2,7 +2,7 @@
 ``add_generation_prompt=True``, so the last token is the template's (the paper's setting); raw text gets the
 tokenizer's special tokens (e.g. BOS). Every error names the prompt.
 
-How text prompts are rendered is one rule everywhere (``tk.score``, ``tk.steer``, ``tk.generate``, the CLI):
+How text prompts are rendered is one rule everywhere (``tk.score``, ``tk.next_token_logprobs``, ``tk.generate``, the CLI):
 ``chat=None`` (the default) renders them as the user turn of the fine-tuned tokenizer's chat template when it has
 one, and as raw text when it has none; ``chat=True`` insists on the template, ``chat=False`` on raw text.
 :func:`rendering` says which, in words; the CLI prints it at the start of every run.
@@ -14,6 +14,7 @@ import re
 
 from ..errors import OptionError, PromptError
 from .records import Prompt, normalize_prompts
+from .templates import paper_template_of
 
 
 def render_chat(tokenizer, messages: list, system_prompt: str | None, where: str) -> str:
@@ -54,6 +55,9 @@ def rendering(tokenizer, chat: bool | None, system_prompt: str | None = None) ->
     name = tokenizer_name(tokenizer)
     if use_chat(tokenizer, chat):
         system = f", system prompt {system_prompt!r}" if system_prompt else ""
+        paper = paper_template_of(getattr(tokenizer, "chat_template", None))
+        if paper is not None:   # tk.use_paper_template / --template: the paper's text, not the tokenizer's own
+            return f"the paper's {paper} template (tuco_kernels.prompts.templates) on {name}'s tokens, user turn{system}"
         return f"chat template of {name}, user turn{system}"
     why = " (the tokenizer has no chat template)" if chat is None else ""
     return f"raw text with the tokenizer's special tokens{why}"
