@@ -67,7 +67,7 @@ def test_a_directory_as_the_prompt_file_is_named_as_one(tmp_path, capsys, saved)
 @pytest.mark.parametrize("prompts,what", [(123, "got int"), (None, "got NoneType"), (b"Hi", "not bytes"),
                                           ({1, 2}, "got set")])
 def test_prompts_of_the_wrong_type_are_named(llama_pair, prompts, what):
-    for call in (tk.score, tk.steer):
+    for call in (tk.score, tk.next_token_logprobs):
         with pytest.raises(PromptError, match=what):
             call(llama_pair, prompts)
 

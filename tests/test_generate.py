@@ -30,11 +30,11 @@ def hooked_alpha_logprobs(pt, ft, ids, alpha):
 
 @pytest.mark.parametrize("alpha", [0.0, 0.75, 1.25])
 def test_steer_matches_hooked_hf_forward(pair, tokenizer, alpha):
-    logp = tk.steer(pair, PROMPTS, alpha, chat=False)
+    logp = tk.next_token_logprobs(pair, PROMPTS, alpha, chat=False)
     for i, p in enumerate(PROMPTS):
         exp = hooked_alpha_logprobs(pair.pretrained, pair.finetuned, tokenizer(p)["input_ids"], alpha)
         torch.testing.assert_close(logp[i], exp, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(logp, tk.steer(pair, PROMPTS, 1.0, chat=False), atol=1e-4)  # α really changes the output
+    assert not torch.allclose(logp, tk.next_token_logprobs(pair, PROMPTS, 1.0, chat=False), atol=1e-4)  # α really changes the output
 
 
 def test_attach_alpha_one_is_bit_identical_and_restores(pair, tokenizer):

@@ -40,7 +40,7 @@ def test_identity_x0_plus_sums_is_final_block_output(pair, tokenizer):
 
 
 def test_alpha_one_logits_equal_hf(pair, tokenizer):
-    logp = tk.steer(pair, PROMPTS, alpha=1.0, chat=False)
+    logp = tk.next_token_logprobs(pair, PROMPTS, alpha=1.0, chat=False)
     for i, ids in enumerate(_ids(tokenizer)):
         hf = torch.log_softmax(pair.finetuned(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
         torch.testing.assert_close(logp[i], hf, atol=2e-6, rtol=1e-6)
@@ -174,7 +174,7 @@ def test_scores_do_not_depend_on_the_kernel_backend(tokenizer, dtype, device):
         expected = {"triton", "torch"}
     assert expected <= set(backends), ops.backend_status(device)
     runs = {b: (tk.score(pair, PROMPTS[:3], layers=True, token_map=True, backend=b, chat=False),
-                tk.steer(pair, PROMPTS[:3], alpha=0.5, backend=b, chat=False)) for b in backends}
+                tk.next_token_logprobs(pair, PROMPTS[:3], alpha=0.5, backend=b, chat=False)) for b in backends}
     ref_scores, ref_logp = runs["torch"]
     for backend, (scores, logp) in runs.items():
         assert (scores.tuco == ref_scores.tuco).all(), backend

@@ -54,8 +54,8 @@ def test_alpha_one_is_the_peft_merged_model_and_alpha_zero_the_base(pair, hf_mod
         with torch.no_grad():
             want_ft = torch.log_softmax(chat(torch.tensor([ids])).logits[0, -1].float(), -1)
             want_pt = torch.log_softmax(base(torch.tensor([ids])).logits[0, -1].float(), -1)
-        got_ft = tk.steer(pair, [{"input_ids": ids}], alpha=1.0)[0]
-        got_pt = tk.steer(pair, [{"input_ids": ids}], alpha=0.0)[0]
+        got_ft = tk.next_token_logprobs(pair, [{"input_ids": ids}], alpha=1.0)[0]
+        got_pt = tk.next_token_logprobs(pair, [{"input_ids": ids}], alpha=0.0)[0]
         torch.testing.assert_close(got_ft, want_ft, atol=2e-4, rtol=0)
         torch.testing.assert_close(got_pt, want_pt, atol=2e-4, rtol=0)
         assert int(got_ft.argmax()) == int(want_ft.argmax())

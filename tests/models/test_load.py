@@ -162,7 +162,7 @@ def test_half_precision_pair_is_the_model_hf_loads(saved, tokenizer, dtype):
     pair = tk.load_pair(saved / "pt", saved / "ft", dtype=dtype)
     hf = AutoModelForCausalLM.from_pretrained(saved / "ft", dtype=getattr(torch, dtype)).eval()
     assert {n: b.dtype for n, b in pair.finetuned.named_buffers()} == {n: b.dtype for n, b in hf.named_buffers()}
-    logp = tk.steer(pair, PROMPTS, batch_tokens=1, chat=False)  # unpadded, like the HF calls below
+    logp = tk.next_token_logprobs(pair, PROMPTS, batch_tokens=1, chat=False)  # unpadded, like the HF calls below
     for i, p in enumerate(PROMPTS):
         ids = torch.tensor([tokenizer(p)["input_ids"]])
         torch.testing.assert_close(logp[i], torch.log_softmax(hf(input_ids=ids).logits[0, -1].float(), -1),

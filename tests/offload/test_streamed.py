@@ -94,7 +94,7 @@ def test_a_closed_pair_is_refused_by_name_and_can_be_used_until_then(saved_pairs
 def test_steering_and_generation_with_streamed_weights(saved_pairs, tokenizer):
     d = saved_pairs["qwen3"]
     resident, streamed = _resident(d, tokenizer), _resident(d, tokenizer, offload="disk")
-    assert torch.equal(tk.steer(streamed, PROMPTS, alpha=1.25, chat=False), tk.steer(resident, PROMPTS, alpha=1.25, chat=False))
+    assert torch.equal(tk.next_token_logprobs(streamed, PROMPTS, alpha=1.25, chat=False), tk.next_token_logprobs(resident, PROMPTS, alpha=1.25, chat=False))
     g = dict(max_new_tokens=4, alpha=0.5)
     assert tk.generate(streamed, PROMPTS, **g, chat=False) == tk.generate(resident, PROMPTS, **g, chat=False)
     with pytest.raises(TucoError, match="use_cache=True needs both models resident"):
@@ -144,11 +144,11 @@ def test_lora_adapter_streams_as_peft_merges(tmp_path, tokenizer, family, target
                 p.add_(0.01)  # replacements must differ from the base to be tested
     peft_model.save_pretrained(tmp_path / "adapter")
     resident = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer)
-    expected, expected_logp = tk.score(resident, PROMPTS, layers=True, chat=False), tk.steer(resident, PROMPTS, chat=False)
+    expected, expected_logp = tk.score(resident, PROMPTS, layers=True, chat=False), tk.next_token_logprobs(resident, PROMPTS, chat=False)
     for offload in MODES:
         pair = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer, offload=offload)
         _same(tk.score(pair, PROMPTS, layers=True, chat=False), expected)
-        assert torch.equal(tk.steer(pair, PROMPTS, chat=False), expected_logp)  # the head replacement (modules_to_save) too
+        assert torch.equal(tk.next_token_logprobs(pair, PROMPTS, chat=False), expected_logp)  # the head replacement (modules_to_save) too
     assert expected.tuco.min() > 0.05
 
 

@@ -87,7 +87,7 @@ def test_web_vs_chat_study_runs_end_to_end(tmp_path, gemma_tokenizer):
 
 def test_alpha_mmlu_tasks_give_lm_eval_the_studys_prompts_and_answers(tmp_path, tokenizer):
     """The study's MMLU tasks through `tuco eval`: lm-eval's contexts are the protocol's chat prompts, and its
-    per-question acc is the argmax over the letters of tk.steer's next-token distribution under the same α."""
+    per-question acc is the argmax over the letters of tk.next_token_logprobs's next-token distribution under the same α."""
     import copy
     import json
 
@@ -118,7 +118,7 @@ def test_alpha_mmlu_tasks_give_lm_eval_the_studys_prompts_and_answers(tmp_path, 
     prompts = [alpha_mmlu.prompt_for(q, shots) for q in qs]
     for entry in json.loads(out.read_text())["sweep"]:
         samples = json.loads((tmp_path / entry["file"]).read_text())["samples"][task]
-        expected = (tk.steer(pair, prompts, alpha=entry["alpha"], chat=True)[:, letters].argmax(-1) == 1).tolist()
+        expected = (tk.next_token_logprobs(pair, prompts, alpha=entry["alpha"], chat=True)[:, letters].argmax(-1) == 1).tolist()
         assert [bool(s["acc"]) for s in sorted(samples, key=lambda s: s["doc_id"])] == expected
         for s in samples:
             chat = [{"role": "user", "content": prompts[s["doc_id"]]}]

@@ -4,6 +4,8 @@ capture.py   records x_0 and every block's exact call arguments from a model's o
 engine.py    the per-layer step over micro-batches (both schedules), the fused update, accumulation
 pair.py      the pair interface the engine reads (and the resident pair)
 compat.py    what two models must share to be decomposed against each other
-families.py  where a family keeps its blocks, final norm and head
+families.py  where a model keeps its decoder blocks, final norm and head, found by structure; configs refused up front
+chain.py     the chain probe: proves at load, on the model's own forward, that the decomposition is exact for it
+head.py      next-token logits from x_L through the model's own final norm, head and logit post-processing
 metrics.py   TuCo, β, OutputCo from accumulated vectors (docs/math.md)
 """

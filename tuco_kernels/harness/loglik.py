@@ -111,7 +111,8 @@ def _final_states(pair, group: list[Batch], alphas, backend):
                     yield from _final_states(pair, [b], alphas, backend)
                 return
             raise DeviceMemoryError(f"an input of {group[0].input_ids.shape[1]} tokens runs out of device memory even "
-                                    f"alone; use --offload cpu|disk, a smaller --dtype, or shorter tasks") from None
+                                    f"alone; load the pair with offload='cpu' or 'disk' (--offload cpu|disk) or a smaller dtype (--dtype), or use "
+                                    f"shorter tasks") from None
         yield from _final_states(pair, [half for b in group for half in split_batch(b)], alphas, backend)
         return
     for batch, dec in zip(group, decs):

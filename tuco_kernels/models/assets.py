@@ -12,6 +12,7 @@ dequantizes it, and the plain weights are saved as an ordinary HF folder (``base
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,6 +186,22 @@ def gguf_path(cache: Path | None = None) -> Path:
     return target
 
 
+@contextmanager
+def _no_gguf_bar():
+    """transformers' GGUF reader draws its own tqdm bar (HF's progress-bar switch does not reach it); the line
+    printed before the conversion says what happens, so the bar is off while it runs."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
+
+
 def base_model_dir(cache: Path | None = None, *, progress=print) -> Path:
     """The pre-trained gemma-3-270m as an ordinary HF folder (fp32 safetensors, tokenizer, terms).
 
@@ -204,7 +222,8 @@ def base_model_dir(cache: Path | None = None, *, progress=print) -> Path:
     if progress:
         progress(f"converting {gguf.name} to an HF folder (dequantizing; about a minute, once)")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with _no_gguf_bar():
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = quantized.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -122,7 +123,9 @@ def apply_adapter(base, adapter_dir: Path, allow_pickle: bool):
         if "adapter_model.bin" not in names:
             raise ModelError(f"{adapter_dir}: no adapter weights (adapter_model.safetensors)")
     try:
-        peft_model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+        with warnings.catch_warnings():   # PEFT reads transformers' deprecated is_gradient_checkpointing: not ours to show
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
     except Exception as exc:  # PEFT, safetensors and torch errors alike
         mismatch = _SIZE_MISMATCH.search(str(exc))
         if mismatch:

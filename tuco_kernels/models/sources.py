@@ -27,11 +27,11 @@ def parse_device(device) -> torch.device | None:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise OptionError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+        raise OptionError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == "cuda":
         if torch.version.cuda is None or not torch.cuda.is_available():
             why = "torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
-            raise OptionError(f"device {device!r}: {why}; use --device cpu")
+            raise OptionError(f"device {device!r}: {why}; use device='cpu' (--device cpu)")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise OptionError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")

@@ -193,4 +193,4 @@ def check_peak(device, budget: int, plan: SweepPlan) -> None:
     peak = torch.cuda.max_memory_allocated(device)
     if peak > budget:
         raise TucoError(f"device memory peaked at {peak / 2**30:.2f} GiB, over max_gpu_memory "
-                        f"{budget / 2**30:.2f} GiB (plan: {plan.describe()}); lower --batch-tokens or raise the budget")
+                        f"{budget / 2**30:.2f} GiB (plan: {plan.describe()}); lower batch_tokens (--batch-tokens) or raise the budget")

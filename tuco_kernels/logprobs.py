@@ -1,5 +1,6 @@
-"""``steer``: next-token log-probabilities under FTC α-scaling, x_{l+1} = x_l + PTC + α·FTC on the α-model's own
-stream (docs/math.md §3). Generation under α is :func:`tuco_kernels.generate.generate`."""
+"""``next_token_logprobs``: next-token log-probabilities under FTC α-scaling, x_{l+1} = x_l + PTC + α·FTC on the
+α-model's own stream (docs/math.md §3). Generation under α (what ``tuco steer`` does) is
+:func:`tuco_kernels.generate.generate`."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from .prompts.tokenize import pad_id_of, prepare
 
 
 @torch.no_grad()
-def steer(pair, prompts, alpha=1.0, *, chat: bool | None = None, system_prompt: str | None = None,
-          batch_tokens: int = DEFAULT_BATCH_TOKENS, backend: str | None = None) -> torch.Tensor:
+def next_token_logprobs(pair, prompts, alpha=1.0, *, chat: bool | None = None, system_prompt: str | None = None,
+                        batch_tokens: int = DEFAULT_BATCH_TOKENS, backend: str | None = None) -> torch.Tensor:
     """Next-token log-probabilities [N, V] (fp32, input order) after each prompt under α."""
     _, token_lists = prepare(pair, prompts, chat=chat, system_prompt=system_prompt)
     alphas = layer_alphas(alpha, pair.n_layers)
