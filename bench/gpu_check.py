@@ -60,7 +60,7 @@ build_config = _load_build_config()
 
 TOTAL_SECONDS = 540            # one 10-minute call, with a minute for the machine's own start and the transfers
 PHASES = ("tests", "kernels", "stream")
-REST_TESTS = ("tests/ops", "tests/core/test_engine.py", "tests/offload/test_streamed.py", "tests/offload/test_budget.py")
+REST_TESTS = ("tests/ops", "tests/core/test_engine.py", "tests/offload/test_streamed_pair.py", "tests/core/test_budget.py")
 TARGET_SHAPE = "16384x5120"    # a 13B layer's hidden states for 16384 tokens
 
 

@@ -37,9 +37,9 @@ from safetensors.torch import save_file
 
 import tuco_kernels as tk
 from tuco_kernels.offload.checkpoint import TensorSource
-from tuco_kernels.offload.budget import parse_size
+from tuco_kernels.core.budget import parse_size
 from tuco_kernels.offload.skeleton import empty_model
-from tuco_kernels.offload.streamed import streamed_pair
+from tuco_kernels.offload.streamed_pair import streamed_pair
 
 GiB = 2**30
 

@@ -27,7 +27,8 @@ _EXPORTS = {
     "DeviceMemoryError": ".errors", "IncompatiblePairError": ".errors", "ModelError": ".errors",
     "OptionError": ".errors", "OutputError": ".errors", "PromptError": ".errors", "TucoError": ".errors",
     "UnsupportedModelError": ".errors",
-    "generate": ".generate", "default_pair": ".models", "load_pair": ".models.load", "StreamedPair": ".offload.streamed",
+    "generate": ".generate", "default_pair": ".models", "load_pair": ".models.load",
+    "StreamedPair": ".offload.streamed_pair",
     "read_prompts": ".prompts.sources", "PAPER_TEMPLATES": ".prompts.templates",
     "TemplateMismatchWarning": ".prompts.templates", "use_paper_template": ".prompts.templates",
     "RunInfo": ".result", "TuCoResult": ".result", "score": ".score", "next_token_logprobs": ".logprobs",
@@ -47,7 +48,7 @@ if TYPE_CHECKING:   # what static tools and editors see
     from .logprobs import next_token_logprobs
     from .models import default_pair
     from .models.load import load_pair
-    from .offload.streamed import StreamedPair
+    from .offload.streamed_pair import StreamedPair
     from .prompts.sources import read_prompts
     from .prompts.templates import PAPER_TEMPLATES, TemplateMismatchWarning, use_paper_template
     from .result import RunInfo, TuCoResult

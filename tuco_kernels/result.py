@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._version import __version__
-from .offload.budget import SweepPlan
+from .core.budget import SweepPlan
 from .offload.streamer import StreamProfile
 
 

@@ -16,7 +16,7 @@ import torch
 from .core.engine import decompose_sweep, layer_alphas
 from .core.metrics import contribution_ratio, output_co as output_co_metric, tuco_from_sums
 from .errors import DeviceMemoryError, OptionError
-from .offload.budget import SweepPlan, check_peak, group_sweeps, parse_size, plan_for
+from .core.budget import SweepPlan, check_peak, group_sweeps, parse_size, plan_for
 from .offload.streamer import StreamProfile
 from .prompts.batching import Batch, make_batches, split_batch
 from .prompts.tokenize import pad_id_of, prepare, rendering
@@ -54,7 +54,7 @@ def score(pair, prompts, *, alpha=1.0, chat: bool | None = None, system_prompt: 
             block schedule). Default: "layer" for streamed pairs (offload), "prompt" otherwise. Both give the
             same numbers.
         max_gpu_memory: device-memory budget ("8GiB") for the batches, the sweep's hidden states and the
-            weights in flight; sizes them (offload/budget.py), spills hidden states to pinned host memory when they do not
+            weights in flight; sizes them (core/budget.py), spills hidden states to pinned host memory when they do not
             fit, and raises rather than exceed it.
         sweep_tokens: cap on the tokens of one layer-major sweep (default: as many as the budget allows).
         profile: record where the time went (copies vs compute, bandwidth, overlap) in ``result.run.profile``.

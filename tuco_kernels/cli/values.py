@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import TucoError
-from ..offload.budget import parse_size
+from ..core.budget import parse_size
 
 
 def positive_int(text: str) -> int:

@@ -8,4 +8,5 @@ families.py  where a model keeps its decoder blocks, final norm and head, found 
 chain.py     the chain probe: proves at load, on the model's own forward, that the decomposition is exact for it
 head.py      next-token logits from x_L through the model's own final norm, head and logit post-processing
 metrics.py   TuCo, β, OutputCo from accumulated vectors (docs/math.md)
+budget.py    device-memory budgets: sizes, footprints, micro-batch and sweep plans, the peak check
 """

@@ -6,7 +6,7 @@ weights live (``offload``), and :meth:`ModelPair.layers`, which yields each laye
 The engine never asks which kind it has.
 
 * :class:`ResidentPair`: both models whole on the device; ``layers`` yields their blocks.
-* ``StreamedPair`` (:mod:`tuco_kernels.offload.streamed`): the blocks' weights stay in host memory or on disk
+* ``StreamedPair`` (:mod:`tuco_kernels.offload.streamed_pair`): the blocks' weights stay in host memory or on disk
   and a layer streamer brings one layer of both models at a time; its models are frames with empty blocks.
 
 Both are context managers (``with tk.load_pair(...) as pair:``) whose ``close()`` releases what they hold.

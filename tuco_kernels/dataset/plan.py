@@ -14,7 +14,7 @@ import torch
 from .._version import __version__
 from ..core.engine import layer_alphas
 from ..errors import TucoError
-from ..offload.budget import parse_size, plan_for
+from ..core.budget import parse_size, plan_for
 from ..ops import resolve_backend
 from ..prompts.batching import batch_groups
 from .identity import pair_identity

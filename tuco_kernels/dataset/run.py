@@ -22,7 +22,7 @@ import torch
 
 from ..errors import TucoError, positive_int
 from ..files import write_json
-from ..offload.budget import check_peak, parse_size
+from ..core.budget import check_peak, parse_size
 from ..prompts.tokenize import pad_id_of, rendering, use_chat
 from ..result import run_metadata
 from ..score import DEFAULT_BATCH_TOKENS, SCHEDULES
@@ -35,7 +35,7 @@ from .scoring import score_shard, write_shard
 from .tokens import tokenize_all
 from .verify import merged_problem, output_sizes, set_aside, shard_problem
 
-DEFAULT_SHARD_TOKENS = 262144      # padded tokens per shard: one layer-major sweep's worth (offload/budget.py)
+DEFAULT_SHARD_TOKENS = 262144      # padded tokens per shard: one layer-major sweep's worth (core/budget.py)
 
 
 class ShardsFailed(TucoError):

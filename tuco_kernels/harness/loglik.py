@@ -24,7 +24,7 @@ import torch
 
 from ..core.engine import decompose_sweep
 from ..errors import DeviceMemoryError
-from ..offload.budget import group_sweeps, parse_size, plan_for
+from ..core.budget import group_sweeps, parse_size, plan_for
 from ..prompts.batching import Batch, make_batches, split_batch
 from ..prompts.tokenize import pad_id_of
 

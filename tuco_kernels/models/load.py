@@ -5,7 +5,7 @@ Sources, for either side: a local directory (safetensors, single or sharded), an
 also be a PEFT/LoRA adapter directory: fine-tuned = pre-trained + adapter. With no model at all, the default
 pair (:mod:`tuco_kernels.models.default_pair`). Where the blocks' weights live is ``offload``: "none" (a
 :class:`~tuco_kernels.core.pair.ResidentPair`), "cpu" or "disk" (a
-:class:`~tuco_kernels.offload.streamed.StreamedPair`), or what ``max_gpu_memory`` calls for.
+:class:`~tuco_kernels.offload.streamed_pair.StreamedPair`), or what ``max_gpu_memory`` calls for.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import torch
 from ..core.compat import check_compatible, check_configs, prove_pair
 from ..core.pair import ModelPair, ResidentPair
 from ..errors import ModelError, OptionError
-from ..offload.budget import host_memory_available, parse_size
+from ..core.budget import host_memory_available, parse_size
 from ..offload.checkpoint import Checkpoint, ModuleTensors
 from ..offload.lora import LoraAdapter
-from ..offload.streamed import streamed_pair
+from ..offload.streamed_pair import streamed_pair
 from . import default_pair, hub
 from .hf import apply_adapter, load_model, log, prepare_model, tokenizers_for
 from .sources import (is_adapter_dir, parse_device, parse_dtype, read_adapter_config, read_config, resolve_source,
@@ -178,7 +178,7 @@ def _tensor_source(model, gguf, *, side: str, offload: str, allow_pickle: bool, 
 
 def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft, allow_pickle,
                   attn_implementation, offload, prefetch) -> ModelPair:
-    """A :class:`~tuco_kernels.offload.streamed.StreamedPair` from paths (or models, for offload="cpu")."""
+    """A :class:`~tuco_kernels.offload.streamed_pair.StreamedPair` from paths (or models, for offload="cpu")."""
     device = device or "cpu"
     opts = dict(offload=offload, allow_pickle=allow_pickle, dtype=dtype, attn_implementation=attn_implementation)
     adapter = LoraAdapter(Path(os.fspath(finetuned))) if is_adapter_dir(finetuned) else None

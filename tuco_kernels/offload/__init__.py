@@ -4,6 +4,5 @@ checkpoint.py  tensor sources: safetensors headers and ``preadv`` reads, in-memo
 lora.py        a PEFT LoRA adapter merged per layer as PEFT merges it
 skeleton.py    meta frames built from configs; the outer parameters read on their own
 streamer.py    the layer streamer: page-locked arenas, double-buffered device slots, copy stream, reader thread
-budget.py      device-memory budgets: sizes, footprints, micro-batch and sweep plans, the peak check
-streamed.py    the streamed pair (the engine's pair interface over a streamer)
+streamed_pair.py  the streamed pair (the engine's pair interface over a streamer)
 """

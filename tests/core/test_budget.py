@@ -5,8 +5,8 @@ import torch
 
 from tests.fixtures.tiny import tiny_config
 from tuco_kernels.errors import TucoError
-from tuco_kernels.offload import budget
-from tuco_kernels.offload.budget import Footprint, footprint, parse_size, plan_sweeps
+from tuco_kernels.core import budget
+from tuco_kernels.core.budget import Footprint, footprint, parse_size, plan_sweeps
 
 
 @pytest.mark.parametrize("text,value", [("8GiB", 8 * 2**30), ("24GB", 24 * 10**9), ("512 MiB", 512 * 2**20),
