@@ -976,7 +976,7 @@ CASES: list[Case] = [
          check=resumed_like_fresh),
     Case("sigterm-steer", "environment", signalled(steer(prompts="{d}/big.txt", new="8"), signal.SIGTERM,
                                                    r"rendering:"), 143, r"tuco: terminated",
-         writes("big.txt", "\n".join(MANY * 10) + "\n"), how="custom"),
+         writes("big.txt", "\n".join(MANY * 200) + "\n"), how="custom"),   # 1600 prompts: still steering at the signal
     Case("torchrun-file-out", "environment", torchrun(score(out="{d}/o.csv")), 1, r"torchrun.*directory",
          how="custom", check=all_of(one_line(r"tuco: error:"), no_file("o.csv"))),
     Case("torchrun-one-rank-gone", "environment", torchrun(sharded(prompts="{d}/big.jsonl"), kill_rank=1,
