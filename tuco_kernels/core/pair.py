@@ -32,6 +32,9 @@ class ModelPair:
     #: what :func:`~tuco_kernels.load_pair` was given, ``{"pretrained", "finetuned", "gguf"}`` (paths or models),
     #: so that a run can name the models it scored (a dataset's fingerprint); None for a pair built otherwise
     sources: dict | None = None
+    #: with a PEFT adapter as the fine-tuned side: ``{"mode": "shared"|"merged", "reason": ...}`` (load_pair's
+    #: ``lora``; the reason says why an adapter asked to be shared was merged); None for two whole models
+    lora: dict | None = None
 
     def __init__(self, pretrained: nn.Module, finetuned: nn.Module, tokenizer, family: Family):
         self.pretrained, self.finetuned, self.tokenizer, self.family = pretrained, finetuned, tokenizer, family
@@ -84,8 +87,9 @@ class ModelPair:
 
     def __repr__(self) -> str:
         offload = f", offload={self.offload}" if self.offload != "none" else ""
+        lora = f", lora={self.lora['mode']}" if self.lora else ""
         return (f"ModelPair({self.family.model_type}, {self.n_layers} layers, d={self.finetuned.config.hidden_size}, "
-                f"{self.dtype}, {self.device}{offload})")
+                f"{self.dtype}, {self.device}{offload}{lora})")
 
 
 class ResidentPair(ModelPair):
@@ -97,4 +101,6 @@ class ResidentPair(ModelPair):
             yield l, pt_block, ft_block
 
     def device_bytes(self, *, own_pt: bool = False) -> int:
-        return sum(p.numel() * p.element_size() for m in (self.pretrained, self.finetuned) for p in m.parameters())
+        """Each tensor once: a shared LoRA pair's fine-tuned side holds the pre-trained weights plus its adapter."""
+        unique = {p.data_ptr(): p for m in (self.pretrained, self.finetuned) for p in m.parameters()}
+        return sum(p.numel() * p.element_size() for p in unique.values())
