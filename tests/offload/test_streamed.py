@@ -143,7 +143,7 @@ def test_lora_adapter_streams_as_peft_merges(tmp_path, tokenizer, family, target
             if "modules_to_save" in name or name.endswith("bias"):
                 p.add_(0.01)  # replacements must differ from the base to be tested
     peft_model.save_pretrained(tmp_path / "adapter")
-    resident = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer)
+    resident = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer, lora="merged")  # as streamed
     expected, expected_logp = tk.score(resident, PROMPTS, layers=True, chat=False), tk.steer(resident, PROMPTS, chat=False)
     for offload in MODES:
         pair = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer, offload=offload)

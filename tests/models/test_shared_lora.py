@@ -1,0 +1,225 @@
+"""A LoRA fine-tuned side on one copy of the base (load_pair(..., lora="shared"), the default), against oracles
+built from PEFT itself: ``PeftModel.from_pretrained(fresh base, adapter)``, adapter active and NOT merged, and the
+same model with ``disable_adapter()`` for the pre-trained blocks. Merged mode against PEFT's merge_and_unload."""
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import tuco_kernels as tk
+from tuco_kernels.cli import main
+from tuco_kernels.core.engine import decompose_batch
+from tuco_kernels.result import run_metadata
+from tuco_kernels.errors import ModelError, OptionError
+from tuco_kernels.models.shared import shared_parameters
+
+from tests.fixtures.naive_reference import blocks_of
+from tests.fixtures.pairs import PROMPTS
+from tests.fixtures.tiny import build_model, tiny_config
+
+#: adapter configurations PEFT computes differently; each must be reproduced as PEFT computes it unmerged
+ADAPTERS = {
+    "plain": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]),
+    "patterns": dict(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "o_proj", "gate_proj", "up_proj"],
+                     rank_pattern={"k_proj": 2, "up_proj": 6}, alpha_pattern={"o_proj": 3, "gate_proj": 32}),
+    "rslora": dict(r=8, lora_alpha=4, target_modules=["q_proj", "down_proj"], use_rslora=True),
+    "lora_bias": dict(r=4, lora_alpha=8, target_modules=["v_proj", "up_proj"], lora_bias=True),
+    "modules_to_save": dict(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head"]),
+    "embedding": dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"]),
+    "head": dict(r=4, lora_alpha=8, target_modules=["lm_head", "v_proj"]),
+    "dora": dict(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"], use_dora=True),
+    "dropout": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.5),
+}
+
+
+def _base(tokenizer, family="llama"):
+    return build_model(tiny_config(family, len(tokenizer)), seed=0)
+
+
+def _save_adapter(tmp_path, tokenizer, name, family="llama"):
+    """``tmp_path/pt`` (the base, with the tokenizer) and ``tmp_path/name`` (a trained-looking adapter)."""
+    from peft import LoraConfig, get_peft_model
+
+    if not (tmp_path / "pt").is_dir():
+        _base(tokenizer, family).save_pretrained(tmp_path / "pt")
+        tokenizer.save_pretrained(tmp_path / "pt")
+    peft_model = get_peft_model(_base(tokenizer, family), LoraConfig(init_lora_weights=False, **ADAPTERS[name]))
+    with torch.no_grad():
+        for pname, p in peft_model.named_parameters():
+            if "modules_to_save" in pname or "lora_B" in pname and pname.endswith("bias") or "lora_magnitude" in pname:
+                p.add_(0.05 * torch.randn_like(p))   # every part of the adapter differs from the base
+    peft_model.save_pretrained(tmp_path / name)
+    return tmp_path / "pt", tmp_path / name
+
+
+def _oracle(tokenizer, adapter, family="llama"):
+    """PEFT's own model on a freshly built base: adapter active, unmerged."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(_base(tokenizer, family), adapter).eval()
+
+
+def _ids(tokenizer):
+    return [tokenizer(p)["input_ids"] for p in PROMPTS]
+
+
+@torch.no_grad()
+def _oracle_alpha(oracle, ids, alpha):
+    """PEFT's forward with every block's output replaced by out_pt + α(out_ft − out_pt), out_pt the same block with
+    the adapter disabled (PEFT's ``disable_adapter``) on the same input; the last-token PTC/FTC summed in fp32 and the
+    last block's output (x_L) as the engine defines them (docs/math.md §3, §4)."""
+    state = {"inner": False, "ptc": 0, "ftc": 0}
+
+    def hook(module, args, kwargs, out_ft):
+        if state["inner"]:
+            return None
+        state["inner"] = True
+        try:
+            with oracle.disable_adapter():
+                out_pt = module(*args, **kwargs)
+        finally:
+            state["inner"] = False
+        x = args[0] if args else kwargs["hidden_states"]
+        state["ptc"] = state["ptc"] + (out_pt - x)[0, -1].float()
+        state["ftc"] = state["ftc"] + (out_ft - out_pt)[0, -1].float()
+        state["x_L"] = out_ft if alpha == 1 else out_pt + alpha * (out_ft - out_pt)
+        return state["x_L"]
+
+    blocks = blocks_of(oracle.get_base_model())
+    handles = [b.register_forward_hook(hook, with_kwargs=True) for b in blocks]
+    try:
+        logits = oracle(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.log_softmax(logits.float(), -1), state["ptc"], state["ftc"], state["x_L"]
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_alpha_one_is_peft_unmerged_bit_for_bit(tmp_path, tokenizer, name):
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, name)
+    pair = tk.load_pair(pt_dir, adapter)
+    assert pair.lora == {"mode": "shared", "reason": None} and "lora=shared" in repr(pair)
+    oracle, fresh = _oracle(tokenizer, adapter), _base(tokenizer)
+    for i, ids in enumerate(_ids(tokenizer)):
+        ids_t = torch.tensor([ids])
+        dec = decompose_batch(pair, ids_t, torch.ones_like(ids_t), [1.0] * pair.n_layers, keep_final=True)
+        logp = pair.family.logits(pair.finetuned, dec.x_final)[0, -1].float().log_softmax(-1)
+        with torch.no_grad():
+            expected = oracle(input_ids=ids_t).logits[0, -1].float().log_softmax(-1)
+            assert torch.equal(pair.pretrained(input_ids=ids_t).logits, fresh(input_ids=ids_t).logits), \
+                "the pre-trained side is the base as loaded"
+        assert torch.equal(logp, expected), f"prompt {i}: next-token log-probs differ from PEFT's unmerged forward"
+    assert not torch.allclose(tk.steer(pair, PROMPTS, 1.0, chat=False), tk.steer(pair, PROMPTS, 0.0, chat=False),
+                              atol=1e-4)   # the adapter really changes the output
+    # one copy of the base: every pre-trained tensor is also the fine-tuned side's (the same storage)
+    n_pt = len(list(pair.pretrained.parameters()))
+    assert shared_parameters(pair.pretrained, pair.finetuned) == n_pt
+    base_bytes = sum(p.numel() * p.element_size() for p in fresh.parameters())
+    extra = pair.device_bytes() - base_bytes
+    adapter_bytes = sum(p.numel() * p.element_size() for n, p in oracle.named_parameters()
+                        if "lora_" in n or "modules_to_save" in n)
+    assert extra == adapter_bytes, "the pair holds the base once plus the adapter"
+
+
+@pytest.mark.parametrize("name", ["plain", "modules_to_save", "embedding", "dora"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.5])
+def test_decomposition_exact_at_every_alpha_against_peft(tmp_path, tokenizer, name, alpha):
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, name)
+    pair, oracle = tk.load_pair(pt_dir, adapter), _oracle(tokenizer, adapter)
+    L = pair.n_layers
+    for ids in _ids(tokenizer):
+        ids_t, mask = torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)
+        dec = decompose_batch(pair, ids_t, mask, [alpha] * L, keep_final=True)
+        logp, ptc, ftc, x_L = _oracle_alpha(oracle, ids, alpha)
+        assert torch.equal(dec.x_final, x_L), "the α-model's stream differs from PEFT's with hooked blocks"
+        assert torch.equal(dec.acc_ptc[0], ptc) and torch.equal(dec.acc_ftc[0], ftc)
+        ours = pair.family.logits(pair.finetuned, dec.x_final)[0, -1].float().log_softmax(-1)
+        assert torch.equal(ours, logp), "next-token log-probs under α differ from PEFT's hooked forward"
+
+
+def test_decomposition_sums_to_peft_forward(tmp_path, tokenizer):
+    """x_0 + ΣPTC + ΣFTC = x_L of PEFT's unmerged forward (docs/math.md (1)), on a second family (tied head)."""
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "plain", family="gemma3_text")
+    pair, oracle = tk.load_pair(pt_dir, adapter), _oracle(tokenizer, adapter, "gemma3_text")
+    for ids in _ids(tokenizer):
+        seen = []
+        blocks = blocks_of(oracle.get_base_model())
+        h0 = blocks[0].register_forward_pre_hook(lambda m, a, k: seen.append(a[0] if a else k["hidden_states"]),
+                                                 with_kwargs=True)
+        h1 = blocks[-1].register_forward_hook(lambda m, a, o: seen.append(o if torch.is_tensor(o) else o[0]))
+        with torch.no_grad():
+            oracle(input_ids=torch.tensor([ids]), use_cache=False)
+        h0.remove(), h1.remove()
+        dec = decompose_batch(pair, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long),
+                                             [1.0] * pair.n_layers, keep_final=True)
+        assert torch.equal(dec.x_final, seen[1])
+        torch.testing.assert_close(seen[0][0, -1].double() + dec.acc_ptc[0].double() + dec.acc_ftc[0].double(),
+                                   seen[1][0, -1].double(), atol=1e-5, rtol=1e-5)
+
+
+def test_merged_mode_is_peft_merge_and_unload(tmp_path, tokenizer):
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "plain")
+    merged = _oracle(tokenizer, adapter).merge_and_unload()
+    pair = tk.load_pair(pt_dir, adapter, lora="merged")
+    assert pair.lora == {"mode": "merged", "reason": None}
+    assert shared_parameters(pair.pretrained, pair.finetuned) == 0   # two copies, as before
+    expected = tk.score(tk.load_pair(_base(tokenizer), merged, tokenizer=tokenizer), PROMPTS, chat=False)
+    assert tk.score(pair, PROMPTS, chat=False).tuco == pytest.approx(expected.tuco, abs=0)
+    shared = tk.score(tk.load_pair(pt_dir, adapter), PROMPTS, chat=False)
+    assert shared.tuco == pytest.approx(expected.tuco, abs=1e-5)   # the two differ by the merge's rounding only
+
+
+def test_a_model_object_given_as_base_is_left_as_it_was(tmp_path, tokenizer):
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "modules_to_save")
+    base = _base(tokenizer)
+    before = {n: (type(m), m) for n, m in base.named_modules()}
+    pair = tk.load_pair(base, adapter, tokenizer=tokenizer)
+    assert pair.pretrained is base and {n: (type(m), m) for n, m in base.named_modules()} == before
+    assert shared_parameters(base, pair.finetuned) == len(list(base.parameters()))
+
+
+def test_what_cannot_be_shared_is_merged_with_its_reason_or_refused(tmp_path, tokenizer):
+    from peft import IA3Config, get_peft_model
+
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "plain")
+    streamed = tk.load_pair(pt_dir, adapter, offload="cpu")
+    assert streamed.lora["mode"] == "merged" and "offload='cpu'" in streamed.lora["reason"]
+    assert run_metadata(streamed)["lora"] == streamed.lora
+    get_peft_model(_base(tokenizer), IA3Config(target_modules=["k_proj", "down_proj"],
+                                               feedforward_modules=["down_proj"])).save_pretrained(tmp_path / "ia3")
+    ia3 = tk.load_pair(pt_dir, tmp_path / "ia3")
+    assert ia3.lora == {"mode": "merged", "reason": "peft_type IA3: sharing the base is for LoRA adapters"}
+    for key, value, words in (("layer_replication", [[0, 2], [1, 3]], "more layers"),
+                              ("alora_invocation_tokens", [5, 6], "activated LoRA")):
+        bad = tmp_path / key
+        bad.mkdir()
+        cfg = json.loads((adapter / "adapter_config.json").read_text())
+        (bad / "adapter_config.json").write_text(json.dumps({**cfg, key: value}))
+        with pytest.raises(ModelError, match=rf"{key}: cannot score this adapter: .*{words}.*\({key}="):
+            tk.load_pair(pt_dir, bad)
+    with pytest.raises(OptionError, match="unknown lora mode 'both'; use one of shared, merged"):
+        tk.load_pair(pt_dir, adapter, lora="both")
+
+
+def test_cli_lora_shared_and_merged(tmp_path, tokenizer):
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "plain")
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+    tucos = {}
+    for mode in ("shared", "merged"):
+        out = tmp_path / f"{mode}.csv"
+        assert main(["score", "--pretrained", str(pt_dir), "--finetuned", str(adapter), "--prompts",
+                     str(tmp_path / "p.txt"), "--out", str(out), "--raw-text", "--lora", mode, "--no-progress"]) == 0
+        meta = json.loads((tmp_path / f"{mode}.csv.meta.json").read_text())
+        assert meta["lora"] == {"mode": mode, "reason": None}
+        tucos[mode] = pd.read_csv(out)["tuco"].to_numpy()
+        expected = tk.score(tk.load_pair(pt_dir, adapter, lora=mode), PROMPTS, chat=False).tuco
+        assert tucos[mode] == pytest.approx(expected, abs=1e-7)   # the CSV's printed digits
+    steer_out = tmp_path / "steer.csv"
+    assert main(["steer", "--pretrained", str(pt_dir), "--finetuned", str(adapter), "--prompts",
+                 str(tmp_path / "p.txt"), "--out", str(steer_out), "--raw-text", "--lora", "merged",
+                 "--alpha", "0.5", "--max-new-tokens", "2"]) == 0
+    assert json.loads((tmp_path / "steer.csv.meta.json").read_text())["lora"]["mode"] == "merged"
