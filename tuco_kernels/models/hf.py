@@ -113,9 +113,18 @@ def tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft):
 
 def apply_adapter(base, adapter_dir: Path, allow_pickle: bool):
     """``base`` with the adapter merged into its weights (PEFT's ``merge_and_unload``): ``lora="merged"``."""
-    from .shared import load_peft
-
     return load_peft(base, adapter_dir, allow_pickle).merge_and_unload()
+
+
+def load_peft(base, adapter_dir: Path, allow_pickle: bool):
+    """``PeftModel.from_pretrained(base, adapter_dir)`` (inference, adapter active, unmerged), its errors named."""
+    from peft import PeftModel
+
+    check_adapter_files(adapter_dir, allow_pickle)
+    try:
+        return PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+    except Exception as exc:  # PEFT, safetensors and torch errors alike
+        raise adapter_load_error(adapter_dir, exc) from None
 
 
 def check_adapter_files(adapter_dir: Path, allow_pickle: bool) -> None:

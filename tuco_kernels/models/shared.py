@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
+from .hf import load_peft
 
 #: LoRA options under which the wrapped modules are not PEFT's whole forward: refused by name in shared mode
 REFUSED = {
@@ -57,19 +58,6 @@ def share_structure(module: torch.nn.Module) -> torch.nn.Module:
     clone._modules = {name: (share_structure(child) if child is not None else None)
                       for name, child in module._modules.items()}
     return clone
-
-
-def load_peft(base: torch.nn.Module, adapter_dir: Path, allow_pickle: bool):
-    """``PeftModel.from_pretrained(base, adapter_dir)`` (inference, adapter active), its errors named."""
-    from peft import PeftModel
-
-    from .hf import adapter_load_error, check_adapter_files
-
-    check_adapter_files(adapter_dir, allow_pickle)
-    try:
-        return PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
-    except Exception as exc:  # PEFT, safetensors and torch errors alike
-        raise adapter_load_error(adapter_dir, exc) from None
 
 
 def shared_finetuned(pretrained: torch.nn.Module, adapter_dir: Path, allow_pickle: bool) -> torch.nn.Module:
