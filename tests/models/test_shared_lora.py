@@ -223,3 +223,29 @@ def test_cli_lora_shared_and_merged(tmp_path, tokenizer):
                  str(tmp_path / "p.txt"), "--out", str(steer_out), "--raw-text", "--lora", "merged",
                  "--alpha", "0.5", "--max-new-tokens", "2"]) == 0
     assert json.loads((tmp_path / "steer.csv.meta.json").read_text())["lora"]["mode"] == "merged"
+
+
+def test_projections_both_blocks_compute_alike_are_computed_once(tmp_path, tokenizer):
+    """q/k/v read the same normed stream on both sides (the adapter changes q and v only through their LoRA path):
+    the fine-tuned block gets the pre-trained block's base outputs; gate/up/o/down read what attention changed and
+    compute. Nothing changes but the work: every number equals the pair without reuse, bit for bit."""
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "plain")
+    pair = tk.load_pair(pt_dir, adapter)
+    assert pair.reuse is not None
+    ids = _ids(tokenizer)[2]
+    ids_t, mask = torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)
+    for alpha in (1.0, 0.5):
+        pair.reuse.hits = pair.reuse.calls = 0
+        with_reuse = decompose_batch(pair, ids_t, mask, [alpha] * pair.n_layers, keep_final=True, layers=True)
+        assert (pair.reuse.hits, pair.reuse.calls) == (3 * pair.n_layers, 7 * pair.n_layers)   # q, k, v of 7
+        reuse, pair.reuse = pair.reuse, None
+        without = decompose_batch(pair, ids_t, mask, [alpha] * pair.n_layers, keep_final=True, layers=True)
+        pair.reuse = reuse
+        for a, b in ((with_reuse.x_final, without.x_final), (with_reuse.acc_ptc, without.acc_ptc),
+                     (with_reuse.acc_ftc, without.acc_ftc), (with_reuse.layer_norms, without.layer_norms)):
+            assert torch.equal(a, b)
+    assert all("forward" not in vars(m) for m in pair.pretrained.modules())   # the modules are as they were after
+    plain = tk.load_pair(pt_dir, adapter)
+    plain.reuse = None
+    assert tk.score(pair, PROMPTS, chat=False, layers=True).tuco.tolist() == \
+        tk.score(plain, PROMPTS, chat=False, layers=True).tuco.tolist()   # batched, padded: the same too

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .families import Family
+from .reuse import ProjectionReuse
 
 #: (layer index, run the pre-trained block, run the fine-tuned block): ``run(x, **block_kwargs) -> out``
 LayerRunners = tuple[int, Callable[..., torch.Tensor], Callable[..., torch.Tensor]]
@@ -95,10 +96,17 @@ class ModelPair:
 class ResidentPair(ModelPair):
     """Both models whole on the device (``load_pair(..., offload="none")``, the default)."""
 
+    #: a shared LoRA pair's :class:`~tuco_kernels.core.reuse.ProjectionReuse` (None: each block computes all)
+    reuse: ProjectionReuse | None = None
+
     def layers(self, profile=None) -> Iterator[LayerRunners]:
         for l, (pt_block, ft_block) in enumerate(zip(self.family.layers(self.pretrained),
                                                      self.family.layers(self.finetuned))):
-            yield l, pt_block, ft_block
+            if self.reuse is None:
+                yield l, pt_block, ft_block
+                continue
+            with self.reuse.around(pt_block, ft_block) as (run_pt, run_ft):
+                yield l, run_pt, run_ft
 
     def device_bytes(self, *, own_pt: bool = False) -> int:
         """Each tensor once: a shared LoRA pair's fine-tuned side holds the pre-trained weights plus its adapter."""

@@ -21,6 +21,7 @@ import torch
 
 from ..core.compat import check_compatible, check_configs, prove_pair
 from ..core.pair import ModelPair, ResidentPair
+from ..core.reuse import ProjectionReuse
 from ..errors import ModelError, OptionError
 from ..offload.budget import host_memory_available, parse_size
 from ..offload.checkpoint import Checkpoint, ModuleTensors
@@ -188,7 +189,10 @@ def load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
         pt, ft = prepare_model(pt, target, device), prepare_model(ft, target, device)
     with stage("proving the decoder chain on a probe (docs/math.md §1)"):
         family = prove_pair(pt, ft, family)
-    return ResidentPair(pt, ft, ft_tok, family)
+    pair = ResidentPair(pt, ft, ft_tok, family)
+    if shared:   # the projections both blocks compute alike, once (core/reuse.py)
+        pair.reuse = ProjectionReuse()
+    return pair
 
 
 def _tensor_source(model, gguf, *, side: str, offload: str, allow_pickle: bool, dtype, attn_implementation):
