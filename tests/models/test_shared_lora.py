@@ -249,3 +249,22 @@ def test_projections_both_blocks_compute_alike_are_computed_once(tmp_path, token
     plain.reuse = None
     assert tk.score(pair, PROMPTS, chat=False, layers=True).tuco.tolist() == \
         tk.score(plain, PROMPTS, chat=False, layers=True).tuco.tolist()   # batched, padded: the same too
+
+
+def test_generation_on_a_shared_pair(tmp_path, tokenizer):
+    """α = 1 decodes as PEFT's unmerged model's own generate; under α the KV-cached decode equals the uncached one
+    (each side keeps its own cache though the two share their weights)."""
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "patterns")
+    pair, oracle = tk.load_pair(pt_dir, adapter), _oracle(tokenizer, adapter)
+    outs = tk.generate(pair, PROMPTS, 1.0, max_new_tokens=6, chat=False)
+    for p, o in zip(PROMPTS, outs):
+        ids = torch.tensor([tokenizer(p)["input_ids"]])
+        hf = oracle.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        toks = hf[0, ids.shape[1]:].tolist()
+        if tokenizer.eos_token_id in toks:
+            toks = toks[: toks.index(tokenizer.eos_token_id) + 1]
+        assert o["token_ids"] == toks
+    cached = tk.generate(pair, PROMPTS, 0.5, max_new_tokens=6, chat=False, use_cache=True)
+    uncached = tk.generate(pair, PROMPTS, 0.5, max_new_tokens=6, chat=False, use_cache=False)
+    assert [o["token_ids"] for o in cached] == [o["token_ids"] for o in uncached]
