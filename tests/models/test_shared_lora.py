@@ -17,7 +17,7 @@ from tuco_kernels.errors import ModelError, OptionError
 from tuco_kernels.models.shared import shared_parameters
 
 from tests.fixtures.naive_reference import blocks_of
-from tests.fixtures.pairs import PROMPTS
+from tests.fixtures.pairs import CORE_FAMILIES, PROMPTS
 from tests.fixtures.tiny import build_model, tiny_config
 
 #: adapter configurations PEFT computes differently; each must be reproduced as PEFT computes it unmerged
@@ -226,9 +226,9 @@ def test_cli_lora_shared_and_merged(tmp_path, tokenizer):
 
 
 def test_projections_both_blocks_compute_alike_are_computed_once(tmp_path, tokenizer):
-    """q/k/v read the same normed stream on both sides (the adapter changes q and v only through their LoRA path):
-    the fine-tuned block gets the pre-trained block's base outputs; gate/up/o/down read what attention changed and
-    compute. Nothing changes but the work: every number equals the pair without reuse, bit for bit."""
+    """The first norm and q/k/v read the same stream on both sides (the adapter changes q and v only through their
+    LoRA path): the fine-tuned block gets the pre-trained block's outputs; o and the MLP read what attention changed
+    and compute. Nothing changes but the work: every number equals the pair without reuse, bit for bit."""
     pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "plain")
     pair = tk.load_pair(pt_dir, adapter)
     assert pair.reuse is not None
@@ -237,7 +237,8 @@ def test_projections_both_blocks_compute_alike_are_computed_once(tmp_path, token
     for alpha in (1.0, 0.5):
         pair.reuse.hits = pair.reuse.calls = 0
         with_reuse = decompose_batch(pair, ids_t, mask, [alpha] * pair.n_layers, keep_final=True, layers=True)
-        assert (pair.reuse.hits, pair.reuse.calls) == (3 * pair.n_layers, 7 * pair.n_layers)   # q, k, v of 7
+        # of the 10 leaf calls of a llama block (2 norms, 7 projections, the activation): the first norm and q, k, v
+        assert (pair.reuse.hits, pair.reuse.calls) == (4 * pair.n_layers, 10 * pair.n_layers)
         reuse, pair.reuse = pair.reuse, None
         without = decompose_batch(pair, ids_t, mask, [alpha] * pair.n_layers, keep_final=True, layers=True)
         pair.reuse = reuse
@@ -268,3 +269,26 @@ def test_generation_on_a_shared_pair(tmp_path, tokenizer):
     cached = tk.generate(pair, PROMPTS, 0.5, max_new_tokens=6, chat=False, use_cache=True)
     uncached = tk.generate(pair, PROMPTS, 0.5, max_new_tokens=6, chat=False, use_cache=False)
     assert [o["token_ids"] for o in cached] == [o["token_ids"] for o in uncached]
+
+
+@pytest.mark.parametrize("family", CORE_FAMILIES)
+def test_every_core_family_shares_exactly(tmp_path, tokenizer, family):
+    """LoRA on every linear layer (PEFT's "all-linear"; GPT-2's Conv1D included): α = 1 is PEFT's unmerged forward
+    and α = 0.5 its hooked forward, bit for bit, with the projections both blocks compute alike computed once."""
+    from peft import LoraConfig, get_peft_model
+
+    _base(tokenizer, family).save_pretrained(tmp_path / "pt")
+    tokenizer.save_pretrained(tmp_path / "pt")
+    get_peft_model(_base(tokenizer, family), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                        init_lora_weights=False)).save_pretrained(tmp_path / "ad")
+    pair, oracle = tk.load_pair(tmp_path / "pt", tmp_path / "ad"), _oracle(tokenizer, tmp_path / "ad", family)
+    assert pair.lora["mode"] == "shared"
+    ids = _ids(tokenizer)[2]
+    ids_t, mask = torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)
+    for alpha in (1.0, 0.5):
+        dec = decompose_batch(pair, ids_t, mask, [alpha] * pair.n_layers, keep_final=True)
+        logp, ptc, ftc, x_L = _oracle_alpha(oracle, ids, alpha)
+        ours = pair.family.logits(pair.finetuned, dec.x_final)[0, -1].float().log_softmax(-1)
+        assert torch.equal(dec.x_final, x_L) and torch.equal(ours, logp)
+        assert torch.equal(dec.acc_ptc[0], ptc) and torch.equal(dec.acc_ftc[0], ftc)
+    assert pair.reuse.hits > 0

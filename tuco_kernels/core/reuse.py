@@ -1,15 +1,17 @@
-"""Projections both blocks of a shared LoRA pair compute alike, computed once (docs/math.md §6).
+"""What both blocks of a shared LoRA pair compute alike, computed once (docs/math.md §6).
 
-In a shared pair (``load_pair(..., lora="shared")``) the pre-trained block's Linear modules are the very modules
-the fine-tuned block calls (directly, or as a LoRA layer's ``base_layer``). Where the fine-tuned block calls one of
-them on an input equal, bit for bit, to the one the pre-trained block gave it (the first projections after a norm
-that the adapter leaves alone: q/k/v, gate/up), the output the pre-trained block got is returned instead of
-computing it again: the same module on the same bits gives the same bits, so nothing changes but the time.
+In a shared pair (``load_pair(..., lora="shared")``) the pre-trained block's leaf modules (norms, Linear layers,
+activations) are the very modules the fine-tuned block calls (directly, or as a LoRA layer's ``base_layer``).
+Where the fine-tuned block calls one of them on an input equal, bit for bit, to the one the pre-trained block gave
+it (the first norm, and the base projections after a norm the adapter leaves alone: q/k/v), the output the
+pre-trained block got is returned instead of computing it again: the same module on the same bits gives the same
+bits, so nothing changes but the time.
 
-:class:`ProjectionReuse` does this around one layer at a time: while the pre-trained block runs each Linear's
-(input, output) is kept; while the fine-tuned block runs, a call whose input equals the kept one (same version of
-the tensor, same shape, ``torch.equal``) gets the kept output; any other call computes as usual, and a module whose
-input once differed is not kept again (o_proj and down_proj read the attention/MLP, which the adapter changed).
+:class:`ProjectionReuse` does this around one layer at a time: while the pre-trained block runs each leaf's
+(input, output) is kept; while the fine-tuned block runs, a call whose input is the kept one (the same tensor, or
+same version, shape and ``torch.equal``) gets the kept output; any other call computes as usual, and a module whose
+input once differed is not kept again (o_proj, the MLP: they read what the adapter changed). Only calls with one
+tensor argument and a tensor result are kept.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 
 class ProjectionReuse:
-    """See the module docstring. ``hits``/``calls``: fine-tuned Linear calls answered from the record / made."""
+    """See the module docstring. ``hits``/``calls``: fine-tuned leaf calls answered from the record / made."""
 
     def __init__(self):
         self.mode: str | None = None   # "record" while the pre-trained block runs, "reuse" while the fine-tuned one
@@ -32,8 +34,8 @@ class ProjectionReuse:
 
     @contextmanager
     def around(self, pt_block: nn.Module, ft_block: nn.Module):
-        """(run_pt, run_ft) for one layer, the pre-trained block's Linear modules answering through this object."""
-        linears = [m for m in pt_block.modules() if isinstance(m, nn.Linear) and "forward" not in vars(m)]
+        """(run_pt, run_ft) for one layer, the pre-trained block's leaf modules answering through this object."""
+        linears = [m for m in pt_block.modules() if not m._modules and "forward" not in vars(m)]
         for m in linears:
             m.forward = partial(self._call, m)
         try:
@@ -55,19 +57,20 @@ class ProjectionReuse:
             if mode == "reuse":
                 self.kept.clear()
 
-    def _call(self, module: nn.Linear, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def _call(self, module: nn.Module, x, *args, **kwargs):
         key = id(module)
         if self.mode == "reuse":
             self.calls += 1
             kept = self.kept.pop(key, None)
-            if kept is not None and not args and not kwargs:
+            if kept is not None and not args and not kwargs and isinstance(x, torch.Tensor):
                 x0, version, out, out_version = kept
                 if x0._version == version and out._version == out_version and _same(x, x0):
                     self.hits += 1
                     return out
                 self.differs.add(key)
         out = type(module).forward(module, x, *args, **kwargs)
-        if self.mode == "record" and key not in self.differs and not args and not kwargs:
+        if (self.mode == "record" and key not in self.differs and not args and not kwargs
+                and isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor)):
             self.kept[key] = (x, x._version, out, out._version)
         return out
 
