@@ -292,3 +292,27 @@ def test_every_core_family_shares_exactly(tmp_path, tokenizer, family):
         assert torch.equal(dec.x_final, x_L) and torch.equal(ours, logp)
         assert torch.equal(dec.acc_ptc[0], ptc) and torch.equal(dec.acc_ftc[0], ftc)
     assert pair.reuse.hits > 0
+
+
+def test_bfloat16_shared_is_peft_on_the_bfloat16_base(tmp_path, tokenizer):
+    """dtype="bfloat16": the base is cast first and PEFT then loads its adapter onto it as PEFT itself would
+    (``PeftModel.from_pretrained`` on the bf16 base), so α = 1 still equals PEFT's unmerged forward bit for bit; the
+    base's config is left as it was."""
+    from peft import PeftModel
+
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "patterns")
+    pair = tk.load_pair(pt_dir, adapter, dtype="bfloat16")
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(pt_dir, dtype=torch.bfloat16)   # HF's own bf16 load of the base
+    config = base.config.to_dict()
+    oracle = PeftModel.from_pretrained(base, adapter).eval()
+    assert {p.dtype for n, p in pair.finetuned.named_parameters() if "lora_" in n} == \
+        {p.dtype for n, p in oracle.named_parameters() if "lora_" in n}
+    for ids in _ids(tokenizer):
+        ids_t = torch.tensor([ids])
+        dec = decompose_batch(pair, ids_t, torch.ones_like(ids_t), [1.0] * pair.n_layers, keep_final=True)
+        with torch.no_grad():
+            expected = oracle(input_ids=ids_t).logits[0, -1].float().log_softmax(-1)
+        assert torch.equal(pair.family.logits(pair.finetuned, dec.x_final)[0, -1].float().log_softmax(-1), expected)
+    assert pair.pretrained.config.to_dict() == {**config, "dtype": pair.pretrained.config.to_dict()["dtype"]}
