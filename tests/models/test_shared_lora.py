@@ -316,3 +316,12 @@ def test_bfloat16_shared_is_peft_on_the_bfloat16_base(tmp_path, tokenizer):
             expected = oracle(input_ids=ids_t).logits[0, -1].float().log_softmax(-1)
         assert torch.equal(pair.family.logits(pair.finetuned, dec.x_final)[0, -1].float().log_softmax(-1), expected)
     assert pair.pretrained.config.to_dict() == {**config, "dtype": pair.pretrained.config.to_dict()["dtype"]}
+
+
+def test_a_sharded_run_does_not_mix_shared_and_merged_shards(tmp_path, tokenizer):
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "plain")
+    prompts = [{"id": f"p{i}", "prompt": p} for i, p in enumerate(PROMPTS)]
+    tk.score_dataset(tk.load_pair(pt_dir, adapter), prompts, tmp_path / "out", chat=False, shard_tokens=64)
+    with pytest.raises(tk.PlanMismatch, match=r"other lora\b.*shared → merged"):
+        tk.score_dataset(tk.load_pair(pt_dir, adapter, lora="merged"), prompts, tmp_path / "out", chat=False,
+                         shard_tokens=64)
