@@ -16,6 +16,12 @@ projection of all 18 blocks). Appends rows to <results>/lora/resident.csv.
 
     python bench/lora.py [--base DIR --adapter DIR] [--prompts 8 --tokens 64 --repeats 3 --rounds 2]
     python bench/lora.py --device cuda --dtype bfloat16        # on a GPU
+    python bench/lora.py --streamed [--offload disk]             # streamed rows (<results>/lora/streamed.csv)
+
+``--streamed`` compares, with ``offload`` "disk" (or "cpu"), the base + adapter pair (today's streamed LoRA path:
+each base layer moved once and the adapter merged into it on the device, exact to PEFT's merge; a *shared*
+streamed pair, exact to PEFT's unmerged forward, is not built yet) against the base + a merged copy saved as a
+second full checkpoint (two models moved per layer): bytes read per sweep, peak memory, tokens/s.
 """
 
 from __future__ import annotations
@@ -84,8 +90,40 @@ def child(args) -> dict:
                 reuse_calls=pair.reuse.calls if getattr(pair, "reuse", None) else 0)
 
 
+def streamed_child(args) -> dict:
+    """One streamed pair (``args.child`` "stream-lora": base + adapter; "stream-two": base + merged folder)."""
+    import peft  # noqa: F401
+    import torch
+    import transformers  # noqa: F401
+
+    import tuco_kernels as tk
+    from tuco_kernels.models.hf import tokenizers_for
+
+    torch.set_num_threads(args.threads)
+    baseline = _status("VmRSS")
+    tokenizer = tokenizers_for(None, args.base, args.adapter, None, None)[0]
+    with_tokenizer = _status("VmHWM")
+    finetuned = args.adapter if args.child == "stream-lora" else args.merged
+    pair = tk.load_pair(args.base, finetuned, offload=args.offload, tokenizer=tokenizer, device=args.device)
+    ids = pair.tokenizer(TEXT * (1 + args.tokens // 40), add_special_tokens=False)["input_ids"]
+    prompts = [{"input_ids": ids[7 * i: 7 * i + args.tokens]} for i in range(args.prompts)]
+    tk.score(pair, prompts, chat=False, schedule="layer")   # warm-up
+    t0 = time.perf_counter()
+    result = tk.score(pair, prompts, chat=False, schedule="layer", profile=True)
+    seconds = time.perf_counter() - t0
+    prof = result.run.profile
+    peak = _status("VmHWM")
+    out = dict(mode=args.child, lora=pair.lora, peak_bytes=peak - baseline, pair_peak_bytes=peak - with_tokenizer,
+               tokens=args.prompts * args.tokens, score_s=seconds, sweeps=result.run.sweeps,
+               bytes_read=prof.bytes_read, bytes_h2d=prof.bytes_h2d, host_bytes=pair.streamer.host_bytes,
+               tuco=[float(t) for t in result.tuco])
+    pair.close()
+    return out
+
+
 def run_child(args, mode: str) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--base", str(args.base), "--adapter", str(args.adapter),
+           "--offload", args.offload] + (["--merged", str(args.merged)] if args.merged else []) + [
            "--prompts", str(args.prompts), "--tokens", str(args.tokens), "--repeats", str(args.repeats),
            "--device", args.device, "--threads", str(args.threads)] + (["--dtype", args.dtype] if args.dtype else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -104,14 +142,20 @@ def main() -> None:
     p.add_argument("--dtype")
     p.add_argument("--threads", type=int, default=1, help="torch threads in each run (default 1: steadier on a "
                                                           "shared CPU)")
-    p.add_argument("--child", choices=("shared", "merged"))
+    p.add_argument("--child", choices=("shared", "merged", "stream-lora", "stream-two"))
+    p.add_argument("--streamed", action="store_true", help="the streamed comparison (see the module docstring)")
+    p.add_argument("--offload", default="disk", choices=("cpu", "disk"))
+    p.add_argument("--merged", help="(--streamed) a folder with the adapter merged into the base, made when absent")
     args = p.parse_args()
     if args.base is None or args.adapter is None:
         from tuco_kernels.models import default_pair
 
         args.base, args.adapter = default_pair.paths()
     if args.child:
-        print(json.dumps(child(args)))
+        print(json.dumps(streamed_child(args) if args.child.startswith("stream") else child(args)))
+        return
+    if args.streamed:
+        streamed(args)
         return
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -159,6 +203,61 @@ def main() -> None:
                          peak_ratio=round(peak_ratio, 3), pair_peak_ratio=round(pair_ratio, 3), speed_ratio=round(speed_ratio, 3),
                          max_tuco_diff=f"{tuco_diff:.2e}"))
     print(f"rows appended to {append_rows('lora/resident', rows)}")
+
+
+def make_merged(args) -> Path:
+    """The base with the adapter merged by PEFT (merge_and_unload), saved as a full checkpoint."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(args.merged or "/tmp/tuco-bench-lora-merged")
+    if not (folder / "config.json").is_file():
+        base = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32)
+        PeftModel.from_pretrained(base, args.adapter).merge_and_unload().save_pretrained(folder)
+    return folder
+
+
+def streamed(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import append_rows, provenance, results_dir, target
+
+    args.merged = make_merged(args)
+    runs = {"stream-lora": [], "stream-two": []}
+    for r in range(args.rounds):
+        for mode in runs:
+            m = run_child(args, mode)
+            runs[mode].append(m)
+            print(f"round {r + 1} {mode:11s}: read {m['bytes_read'] / m['sweeps'] / 2**20:8.1f} MiB per sweep, h2d "
+                  f"{m['bytes_h2d'] / m['sweeps'] / 2**20:8.1f} MiB per sweep, peak {m['pair_peak_bytes'] / 2**20:8.1f} "
+                  f"MiB above imports + tokenizer ({m['peak_bytes'] / 2**20:.1f} above imports), host "
+                  f"{m['host_bytes'] / 2**20:.1f} MiB, {m['tokens'] / m['score_s']:6.1f} tokens/s", flush=True)
+    med = {mode: {k: statistics.median(m[k] / (m["sweeps"] if k.startswith("bytes") else 1) for m in ms)
+                  for k in ("bytes_read", "bytes_h2d", "peak_bytes", "pair_peak_bytes", "host_bytes")}
+           | {"tps": statistics.median(m["tokens"] / m["score_s"] for m in ms)} for mode, ms in runs.items()}
+    moved = "bytes_read" if args.offload == "disk" else "bytes_h2d"
+    lora, two = med["stream-lora"], med["stream-two"]
+    bytes_ratio = lora[moved] / two[moved] if two[moved] else float("nan")
+    peak_ratio = lora["pair_peak_bytes"] / two["pair_peak_bytes"]
+    print(f"streamed ({args.offload}) LoRA / two models: bytes per sweep {bytes_ratio:.3f}, peak above imports + "
+          f"tokenizer {peak_ratio:.3f}, tokens/s {lora['tps'] / two['tps']:.3f}")
+    if two[moved]:
+        target(f"streamed LoRA bytes per sweep / two models ({args.offload})", bytes_ratio, "<= 0.55",
+               bytes_ratio <= 0.55)
+    target(f"streamed LoRA peak memory / two models ({args.offload}, the tokenizer in the baseline)", peak_ratio,
+           "<= 0.55", peak_ratio <= 0.55)
+    (results_dir() / "lora").mkdir(parents=True, exist_ok=True)
+    import peft
+
+    rows = [dict(**provenance(args.device), peft=peft.__version__, base=Path(args.base).name,
+                 adapter=Path(args.adapter).name, offload=args.offload, pair=mode, prompts=args.prompts,
+                 tokens=args.tokens, rounds=args.rounds, threads=args.threads,
+                 mib_read_per_sweep=round(m["bytes_read"] / 2**20, 1), mib_h2d_per_sweep=round(m["bytes_h2d"] / 2**20, 1),
+                 host_mib=round(m["host_bytes"] / 2**20, 1), peak_mib=round(m["peak_bytes"] / 2**20, 1),
+                 pair_peak_mib=round(m["pair_peak_bytes"] / 2**20, 1), tokens_per_s=round(m["tps"], 1),
+                 bytes_ratio=round(bytes_ratio, 3), pair_peak_ratio=round(peak_ratio, 3))
+            for mode, m in med.items()]
+    print(f"rows appended to {append_rows('lora/streamed', rows)}")
 
 
 if __name__ == "__main__":
