@@ -32,6 +32,7 @@ ADAPTERS = {
     "head": dict(r=4, lora_alpha=8, target_modules=["lm_head", "v_proj"]),
     "dora": dict(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"], use_dora=True),
     "dropout": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.5),
+    "trainable_tokens": dict(r=4, lora_alpha=8, target_modules=["q_proj"], trainable_token_indices=[3, 5, 7]),
 }
 
 
@@ -49,7 +50,8 @@ def _save_adapter(tmp_path, tokenizer, name, family="llama"):
     peft_model = get_peft_model(_base(tokenizer, family), LoraConfig(init_lora_weights=False, **ADAPTERS[name]))
     with torch.no_grad():
         for pname, p in peft_model.named_parameters():
-            if "modules_to_save" in pname or "lora_B" in pname and pname.endswith("bias") or "lora_magnitude" in pname:
+            if ("modules_to_save" in pname or "lora_B" in pname and pname.endswith("bias") or "lora_magnitude" in pname
+                    or "trainable_tokens_delta" in pname):
                 p.add_(0.05 * torch.randn_like(p))   # every part of the adapter differs from the base
     peft_model.save_pretrained(tmp_path / name)
     return tmp_path / "pt", tmp_path / name
@@ -121,7 +123,7 @@ def test_alpha_one_is_peft_unmerged_bit_for_bit(tmp_path, tokenizer, name):
     base_bytes = sum(p.numel() * p.element_size() for p in fresh.parameters())
     extra = pair.device_bytes() - base_bytes
     adapter_bytes = sum(p.numel() * p.element_size() for n, p in oracle.named_parameters()
-                        if "lora_" in n or "modules_to_save" in n)
+                        if "lora_" in n or "modules_to_save" in n or "trainable_tokens" in n)
     assert extra == adapter_bytes, "the pair holds the base once plus the adapter"
 
 
@@ -325,3 +327,41 @@ def test_a_sharded_run_does_not_mix_shared_and_merged_shards(tmp_path, tokenizer
     with pytest.raises(tk.PlanMismatch, match=r"other lora\b.*shared → merged"):
         tk.score_dataset(tk.load_pair(pt_dir, adapter, lora="merged"), prompts, tmp_path / "out", chat=False,
                          shard_tokens=64)
+
+
+@pytest.mark.parametrize("bias", ["all", "lora_only"])
+def test_trained_biases_get_their_own_copy(tmp_path, tokenizer, bias, monkeypatch):
+    """PEFT's bias="all"/"lora_only" stores trained base biases and loads them into the base modules: the fine-tuned
+    side gets its own copy of those biases (every other tensor still shared), the pre-trained side stays the base,
+    and α = 1 is PEFT's unmerged forward bit for bit. Without the copies PEFT would write into the shared base, and
+    the load refuses by name."""
+    from peft import LoraConfig, get_peft_model
+
+    from tuco_kernels.models import shared
+
+    _base(tokenizer, "qwen2").save_pretrained(tmp_path / "pt")
+    tokenizer.save_pretrained(tmp_path / "pt")
+    peft_model = get_peft_model(_base(tokenizer, "qwen2"), LoraConfig(r=4, lora_alpha=8, bias=bias,
+                                                                       target_modules=["q_proj", "v_proj"],
+                                                                       init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if name.endswith("bias"):
+                p.add_(0.1)
+    peft_model.save_pretrained(tmp_path / "ad")
+    pair, oracle, fresh = tk.load_pair(tmp_path / "pt", tmp_path / "ad"), _oracle(tokenizer, tmp_path / "ad", "qwen2"), \
+        _base(tokenizer, "qwen2")
+    n_stored = len(shared.differing(fresh, shared.stored_base_tensors(tmp_path / "ad")))
+    assert n_stored > 0 and pair.lora["mode"] == "shared"
+    assert shared_parameters(pair.pretrained, pair.finetuned) == len(list(fresh.parameters())) - n_stored
+    for ids in _ids(tokenizer):
+        ids_t = torch.tensor([ids])
+        dec = decompose_batch(pair, ids_t, torch.ones_like(ids_t), [1.0] * pair.n_layers, keep_final=True)
+        with torch.no_grad():
+            assert torch.equal(pair.pretrained(input_ids=ids_t).logits, fresh(input_ids=ids_t).logits)
+            expected = oracle(input_ids=ids_t).logits[0, -1].float().log_softmax(-1)
+        assert torch.equal(pair.family.logits(pair.finetuned, dec.x_final)[0, -1].float().log_softmax(-1), expected)
+    monkeypatch.setattr(shared, "give_own_tensors", lambda model, names: None)
+    with pytest.raises(ModelError, match=r"ad: loading the adapter wrote into the pre-trained weights \(model\.layers"
+                                         r"\.\d+\.self_attn\.[qkv]_proj\.bias\).*lora='merged'"):
+        tk.load_pair(tmp_path / "pt", tmp_path / "ad")

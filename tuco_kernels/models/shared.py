@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ModelError
 from .hf import load_peft
+from .sources import read_adapter_config
 
 #: LoRA options under which the wrapped modules are not PEFT's whole forward: refused by name in shared mode
 REFUSED = {
@@ -60,11 +61,73 @@ def share_structure(module: torch.nn.Module) -> torch.nn.Module:
     return clone
 
 
+def stored_base_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """The base model's parameters the adapter stores whole, by the base model's parameter names: trained biases
+    (``bias="all"``/``"lora_only"``), the embedding PEFT saves with embedding LoRA. PEFT loads them into the base
+    modules themselves."""
+    from safetensors.torch import load_file
+
+    file = adapter_dir / "adapter_model.safetensors"
+    if file.is_file():
+        tensors = load_file(file)
+    else:   # adapter_model.bin, allowed by allow_pickle (checked before)
+        tensors = torch.load(adapter_dir / "adapter_model.bin", map_location="cpu", weights_only=True)
+    own = ("lora_", "modules_to_save", "trainable_tokens", "token_adapter")
+    saved = read_adapter_config(adapter_dir).get("modules_to_save") or []   # PEFT loads these into its own copies
+    out = {}
+    for key, t in tensors.items():
+        name = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        module = name.rpartition(".")[0]
+        if not any(part in key for part in own) and not any(module == m or module.endswith("." + m) for m in saved):
+            out[name] = t
+    return out
+
+
+def differing(model: torch.nn.Module, stored: dict[str, torch.Tensor]) -> list[str]:
+    """The stored tensors whose values are not the base's own (at the base's dtype): those need a private copy."""
+    params = dict(model.named_parameters())
+    return [name for name, t in stored.items()
+            if name in params and not torch.equal(t.to(params[name].dtype), params[name].detach().cpu())]
+
+
+def give_own_tensors(model: torch.nn.Module, names: list[str]) -> None:
+    """In a :func:`share_structure` copy: each named parameter a private copy in a private copy of its module (the
+    module's other tensors still shared), so that what PEFT loads into it leaves the pre-trained model as it was."""
+    for name in names:
+        module_path, _, param = name.rpartition(".")
+        parent_path, _, child = module_path.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_path)
+            leaf = parent.get_submodule(child)
+        except AttributeError:
+            continue   # not a parameter of this model: PEFT names it when it loads
+        if param not in leaf._parameters or leaf._parameters[param] is None:
+            continue
+        own = copy.copy(leaf)
+        own._parameters = dict(leaf._parameters)
+        old = leaf._parameters[param]
+        own._parameters[param] = torch.nn.Parameter(old.detach().clone(), requires_grad=False)
+        parent._modules[child] = own
+
+
 def shared_finetuned(pretrained: torch.nn.Module, adapter_dir: Path, allow_pickle: bool) -> torch.nn.Module:
     """The fine-tuned model: PEFT's unmerged LoRA model on ``pretrained``'s own weights (see the module docstring).
 
-    Returns the HF model inside the PeftModel (PeftModel.forward calls it with the same arguments)."""
-    peft_model = load_peft(share_structure(pretrained), adapter_dir, allow_pickle)
+    Base tensors the adapter stores whole with other values (trained biases) get a private copy on the fine-tuned
+    side; that PEFT then changes no tensor of the pre-trained model is checked (each tensor's version counter, and
+    the values of those it wrote its own equal values into). Returns the HF
+    model inside the PeftModel (PeftModel.forward calls it with the same arguments)."""
+    structure = share_structure(pretrained)
+    stored = stored_base_tensors(adapter_dir)
+    own = differing(pretrained, stored)
+    give_own_tensors(structure, own)
+    same = set(stored) - set(own)   # PEFT writes the values these already have: harmless
+    versions = {name: p._version for name, p in pretrained.named_parameters()}
+    peft_model = load_peft(structure, adapter_dir, allow_pickle)
+    written = [name for name, p in pretrained.named_parameters() if p._version != versions[name] and name not in same]
+    if written:
+        raise ModelError(f"{adapter_dir}: loading the adapter wrote into the pre-trained weights ({written[0]}), "
+                         f"which the shared pair must keep as they are; use lora='merged'")
     model = peft_model.get_base_model()
     model.eval()
     model.requires_grad_(False)
