@@ -5,6 +5,7 @@ same model with ``disable_adapter()`` for the pre-trained blocks. Merged mode ag
 import copy
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -188,9 +189,6 @@ def test_what_cannot_be_shared_is_merged_with_its_reason_or_refused(tmp_path, to
     from peft import IA3Config, get_peft_model
 
     pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "plain")
-    streamed = tk.load_pair(pt_dir, adapter, offload="cpu")
-    assert streamed.lora["mode"] == "merged" and "offload='cpu'" in streamed.lora["reason"]
-    assert run_metadata(streamed)["lora"] == streamed.lora
     get_peft_model(_base(tokenizer), IA3Config(target_modules=["k_proj", "down_proj"],
                                                feedforward_modules=["down_proj"])).save_pretrained(tmp_path / "ia3")
     ia3 = tk.load_pair(pt_dir, tmp_path / "ia3")
@@ -365,3 +363,48 @@ def test_trained_biases_get_their_own_copy(tmp_path, tokenizer, bias, monkeypatc
     with pytest.raises(ModelError, match=r"ad: loading the adapter wrote into the pre-trained weights \(model\.layers"
                                          r"\.\d+\.self_attn\.[qkv]_proj\.bias\).*lora='merged'"):
         tk.load_pair(tmp_path / "pt", tmp_path / "ad")
+
+
+@pytest.mark.parametrize("offload", ["cpu", "disk"])
+@pytest.mark.parametrize("name", ["plain", "modules_to_save", "embedding", "dora"])
+def test_a_streamed_shared_pair_is_the_resident_one(tmp_path, tokenizer, name, offload):
+    """offload="cpu"|"disk": PEFT's modules around the streamed base layer, the adapter on the device: every number
+    equals the resident shared pair's (so PEFT's unmerged forward) bit for bit, and one model's blocks are read
+    per sweep, as for the merged streamed pair."""
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, name)
+    resident = tk.load_pair(pt_dir, adapter)
+    expected = tk.score(resident, PROMPTS, chat=False, layers=True)
+    pair = tk.load_pair(pt_dir, adapter, offload=offload)
+    assert pair.lora == {"mode": "shared", "reason": None} and run_metadata(pair)["lora"] == pair.lora
+    got = tk.score(pair, PROMPTS, chat=False, layers=True, schedule="layer", profile=True)
+    assert got.tuco.tolist() == expected.tuco.tolist() and np.array_equal(got.beta, expected.beta)
+    assert torch.equal(tk.steer(pair, PROMPTS, 0.5, chat=False), tk.steer(resident, PROMPTS, 0.5, chat=False))
+    if offload == "disk":
+        blocks = sum(p.numel() * p.element_size() for b in resident.family.layers(resident.pretrained)
+                     for n, p in b.named_parameters())
+        assert got.run.profile.bytes_read == blocks * got.run.sweeps   # the base's blocks once per sweep, no adapter
+    pair.close()
+
+
+def test_a_streamed_pair_merges_what_it_cannot_share(tmp_path, tokenizer):
+    """Trained biases stored in the adapter live in the streamed blocks: such a pair is merged per layer on the
+    device (as before), with the reason."""
+    from peft import LoraConfig, get_peft_model
+
+    _base(tokenizer, "qwen2").save_pretrained(tmp_path / "pt")
+    tokenizer.save_pretrained(tmp_path / "pt")
+    peft_model = get_peft_model(_base(tokenizer, "qwen2"), LoraConfig(r=4, lora_alpha=8, bias="all",
+                                                                       target_modules=["q_proj"],
+                                                                       init_lora_weights=False))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if n.endswith("bias"):
+                p.add_(0.1)
+    peft_model.save_pretrained(tmp_path / "ad")
+    pair = tk.load_pair(tmp_path / "pt", tmp_path / "ad", offload="cpu")
+    assert pair.lora["mode"] == "merged"
+    assert pair.lora["reason"].startswith("offload='cpu': the adapter stores base tensors with values of its own "
+                                          "(model.layers.0.")
+    merged = tk.score(tk.load_pair(tmp_path / "pt", tmp_path / "ad", lora="merged"), PROMPTS, chat=False)
+    assert tk.score(pair, PROMPTS, chat=False).tuco == pytest.approx(merged.tuco, abs=1e-6)
+    pair.close()

@@ -29,7 +29,7 @@ from ..offload.lora import LoraAdapter
 from ..offload.streamed import streamed_pair
 from . import default_pair, hub
 from .hf import apply_adapter, load_model, log, prepare_model, tokenizers_for
-from .shared import shared_finetuned, shared_refusal
+from .shared import shared_finetuned, shared_refusal, streamed_finetuned
 from .sources import (is_adapter_dir, parse_device, parse_dtype, read_adapter_config, read_config, resolve_source,
                       weights_kind)
 
@@ -102,12 +102,16 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
                              g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation,
                              shared=lora_mode is not None and lora_mode["mode"] == "shared")
     else:
+        opts = dict(tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt, g_ft=g_ft, allow_pickle=allow_pickle,
+                    attn_implementation=attn_implementation, offload=offload, prefetch=prefetch)
+        pair = None
         if lora_mode is not None and lora_mode["mode"] == "shared":
-            lora_mode = _merged(f"offload={offload!r} streams the adapter merged into each layer on the device "
-                                f"(exact to PEFT's merge); a shared streamed pair is not done yet")
-        pair = load_streamed(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
-                             g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation,
-                             offload=offload, prefetch=prefetch)
+            try:
+                pair = load_streamed(pretrained, finetuned, shared=True, **opts)
+            except ValueError as exc:   # what cannot be placed on an empty frame: merged per layer instead
+                lora_mode = _merged(f"offload={offload!r}: {exc}")
+        if pair is None:
+            pair = load_streamed(pretrained, finetuned, **opts)
     pair.sources = {"pretrained": pretrained, "finetuned": finetuned, "gguf": (g_pt, g_ft)}
     pair.lora = lora_mode
     return pair
@@ -216,10 +220,21 @@ def _tensor_source(model, gguf, *, side: str, offload: str, allow_pickle: bool, 
 
 
 def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft, allow_pickle,
-                  attn_implementation, offload, prefetch) -> ModelPair:
-    """A :class:`~tuco_kernels.offload.streamed.StreamedPair` from paths (or models, for offload="cpu")."""
+                  attn_implementation, offload, prefetch, shared: bool = False) -> ModelPair:
+    """A :class:`~tuco_kernels.offload.streamed.StreamedPair` from paths (or models, for offload="cpu").
+    ``shared``: the adapter unmerged around the streamed base (ValueError with the reason where it cannot be)."""
     device = device or "cpu"
     opts = dict(offload=offload, allow_pickle=allow_pickle, dtype=dtype, attn_implementation=attn_implementation)
+    if shared:
+        pt_source, pc = _tensor_source(pretrained, g_pt, side="pre-trained", **opts)
+        ft_tok, pt_tok = tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft)
+        adapter_dir = Path(os.fspath(finetuned))
+        where = "page-locked host memory" if offload == "cpu" else "the safetensors files (read per layer)"
+        with quiet_hf_progress(), stage(f"preparing the streamed shared pair: block weights in {where}, the adapter "
+                                        f"unmerged on the device"):
+            return streamed_pair(pt_source, pc, None, pc, tokenizers=(ft_tok, pt_tok), dtype=dtype, device=device,
+                                 offload=offload, prefetch=prefetch, attn_implementation=attn_implementation,
+                                 shared=lambda frame: streamed_finetuned(frame, adapter_dir, allow_pickle, device))
     adapter = LoraAdapter(Path(os.fspath(finetuned))) if is_adapter_dir(finetuned) else None
     pt_source, pc = _tensor_source(pretrained, g_pt, side="pre-trained", **opts)
     if adapter is not None:

@@ -12,6 +12,7 @@ is untouched (f_PT is the base block as loaded), and f_FT is PEFT's forward exac
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -138,3 +139,54 @@ def shared_parameters(pretrained: torch.nn.Module, finetuned: torch.nn.Module) -
     """How many of the fine-tuned side's parameters are the pre-trained side's own tensors (same storage)."""
     own = {p.data_ptr() for p in pretrained.parameters()}
     return sum(p.data_ptr() in own for p in finetuned.parameters())
+
+
+#: names of the tensors an adapter brings (PEFT's own modules), as opposed to the base model's
+ADAPTER_TENSORS = ("lora_", "modules_to_save", "trainable_tokens", "token_adapter")
+
+
+@contextmanager
+def _weights_in_place(model: torch.nn.Module, device):
+    """Each empty (meta) parameter of ``model`` stands in as a zero-size tensor of its shape on ``device`` (one
+    element, stride 0) while PEFT loads: PEFT then places and casts its adapter as it would for a base on ``device``
+    and loads its tensors; afterwards every such parameter is empty again, in every module that holds it."""
+    stand_ins = {}
+    for module in model.modules():
+        for key, p in module._parameters.items():
+            if p is not None and p.is_meta:
+                stand_in = torch.nn.Parameter(torch.zeros((), device=device, dtype=p.dtype).expand(p.shape),
+                                              requires_grad=False)
+                stand_ins[id(stand_in)] = p
+                module._parameters[key] = stand_in
+    holders = [model]
+    try:
+        yield holders
+    finally:
+        for root in holders:
+            for module in root.modules():
+                for key, p in module._parameters.items():
+                    if p is not None and id(p) in stand_ins:
+                        module._parameters[key] = stand_ins[id(p)]
+
+
+def streamed_finetuned(frame: torch.nn.Module, adapter_dir: Path, allow_pickle: bool, device) -> tuple:
+    """(PEFT's unmerged model on ``frame``, None), or (None, why not): ``frame`` has its embedding, norm and head
+    on ``device`` and empty blocks whose weights a streamer passes in per layer; the adapter's tensors are PEFT's,
+    on ``device``. Adapters that store base tensors of other values cannot be placed on an empty frame."""
+    stored = stored_base_tensors(adapter_dir)
+    params = dict(frame.named_parameters())
+    inside = [n for n in stored if n in params and params[n].is_meta]
+    if inside or differing(frame, {n: t for n, t in stored.items() if n not in inside}):
+        return None, (f"the adapter stores base tensors with values of its own ({(inside or sorted(stored))[0]}), "
+                      f"which a streamed shared pair does not hold")
+    with _weights_in_place(frame, torch.device(device)) as holders:
+        structure = share_structure(frame)
+        holders.append(structure)
+        peft_model = load_peft(structure, adapter_dir, allow_pickle)
+    model = peft_model.get_base_model()
+    empty = [n for n, p in model.named_parameters() if p.is_meta and any(m in n for m in ADAPTER_TENSORS)]
+    if empty:
+        return None, f"PEFT left {empty[0]} empty on a frame whose blocks stream"
+    model.eval()
+    model.requires_grad_(False)
+    return model, None

@@ -82,16 +82,24 @@ def _stored_dtype(config, source) -> torch.dtype:
 
 def streamed_pair(pt_source: TensorSource, pc, ft_source: TensorSource | None, fc, *, adapter=None,
                   tokenizers=(None, None), dtype=None, device="cpu", offload="cpu", prefetch=True,
-                  attn_implementation=None) -> StreamedPair:
+                  attn_implementation=None, shared=None) -> StreamedPair:
     """A :class:`StreamedPair` from two tensor sources and their configs (``ft_source=None``: the fine-tuned side is
     ``pt_source`` + ``adapter``). ``tk.load_pair(..., offload=...)`` builds its sources from paths; benchmarks and
-    tests can pass any :class:`~tuco_kernels.offload.checkpoint.TensorSource`."""
+    tests can pass any :class:`~tuco_kernels.offload.checkpoint.TensorSource`.
+
+    ``shared``: a function that puts PEFT's unmerged adapter on the (materialized) pre-trained frame, returning
+    (fine-tuned model, None) or (None, why not) (models/shared.py ``streamed_finetuned``); with it the pair is a
+    shared LoRA pair (``pair.lora`` mode "shared"), and when it says why not, :class:`ValueError` carries the
+    reason (load_pair then merges)."""
     device = torch.device(device)
     check_configs(pc, fc)
     target = dtype or _stored_dtype(fc, ft_source or pt_source)
     ft_frame = empty_model(fc, target, attn_implementation)
     pt_frame = empty_model(pc, target, attn_implementation)
     family = find_family(ft_frame)
+    if shared is not None:
+        return _shared_streamed_pair(pt_frame, family, pt_source, shared, tokenizers=tokenizers, device=device,
+                                     target=target, offload=offload, prefetch=prefetch)
 
     outer_replacements = {}
     if adapter is not None:
@@ -116,3 +124,25 @@ def streamed_pair(pt_source: TensorSource, pc, ft_source: TensorSource | None, f
 
     return StreamedPair(pt_frame, ft_frame, ft_tok, family, offload=offload, streamer=streamer,
                         materialize_pretrained=lambda: materialize_outer(pt_frame, family, pt_source, device, target))
+
+
+def _shared_streamed_pair(pt_frame, family, pt_source, shared, *, tokenizers, device, target, offload,
+                          prefetch) -> StreamedPair:
+    """The pre-trained frame (embedding, norm, head read once) and PEFT's model around it; blocks streamed once."""
+    materialize_outer(pt_frame, family, pt_source, device, target)
+    ft_frame, why_not = shared(pt_frame)
+    if ft_frame is None:
+        raise ValueError(why_not)
+    ft_tok, pt_tok = tokenizers
+    check_compatible(pt_frame, ft_frame, pt_tok, ft_tok)
+    streamer = LayerStreamer(skeleton=pt_frame, family=family, pt_source=pt_source, ft_source=None, adapter=None,
+                             device=device, dtype=target, offload=offload, prefetch=prefetch,
+                             ft_blocks=family.layers(ft_frame))
+    try:
+        family = prove_chain(ft_frame, family, runners=streamer.layers).family
+    except BaseException:
+        streamer.close()
+        raise
+    pair = StreamedPair(pt_frame, ft_frame, ft_tok, family, offload=offload, streamer=streamer,
+                        materialize_pretrained=lambda: None)
+    return pair
