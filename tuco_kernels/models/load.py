@@ -66,9 +66,9 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
         prefetch: with offload, copy layer l+1 while layer l computes (False: the serial baseline).
         lora: with a PEFT LoRA adapter as the fine-tuned side. "shared" (default): one copy of the base; the
             fine-tuned model is PEFT's own unmerged model on the pre-trained model's weights (docs/math.md §6).
-            "merged": the adapter merged into a second copy (PEFT's ``merge_and_unload``). An adapter that cannot
-            be shared exactly, and a streamed pair (``offload`` "cpu"/"disk"), are merged; ``pair.lora`` says
-            which mode ran and why.
+            "merged": the adapter merged into a second copy (PEFT's ``merge_and_unload``); streamed, merged per
+            layer on the device. An adapter that cannot be shared exactly is merged; ``pair.lora`` says which mode
+            ran and why.
     """
     if lora not in LORA_MODES:
         raise OptionError(f"unknown lora mode {lora!r}; use one of {', '.join(LORA_MODES)}")
