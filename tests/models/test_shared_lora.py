@@ -408,3 +408,13 @@ def test_a_streamed_pair_merges_what_it_cannot_share(tmp_path, tokenizer):
     merged = tk.score(tk.load_pair(tmp_path / "pt", tmp_path / "ad", lora="merged"), PROMPTS, chat=False)
     assert tk.score(pair, PROMPTS, chat=False).tuco == pytest.approx(merged.tuco, abs=1e-6)
     pair.close()
+
+
+def test_a_streamed_shared_pair_computes_once_what_both_blocks_compute_alike(tmp_path, tokenizer):
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "plain")
+    pair = tk.load_pair(pt_dir, adapter, offload="cpu")
+    with_reuse = tk.score(pair, PROMPTS, chat=False, layers=True)
+    assert pair.reuse.hits > 0
+    pair.reuse = None
+    assert tk.score(pair, PROMPTS, chat=False, layers=True).tuco.tolist() == with_reuse.tuco.tolist()
+    pair.close()

@@ -105,7 +105,7 @@ class ResidentPair(ModelPair):
             if self.reuse is None:
                 yield l, pt_block, ft_block
                 continue
-            with self.reuse.around(pt_block, ft_block) as (run_pt, run_ft):
+            with self.reuse.around(pt_block, pt_block, ft_block) as (run_pt, run_ft):
                 yield l, run_pt, run_ft
 
     def device_bytes(self, *, own_pt: bool = False) -> int:

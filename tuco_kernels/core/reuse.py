@@ -33,13 +33,14 @@ class ProjectionReuse:
         self.hits = self.calls = 0
 
     @contextmanager
-    def around(self, pt_block: nn.Module, ft_block: nn.Module):
-        """(run_pt, run_ft) for one layer, the pre-trained block's leaf modules answering through this object."""
+    def around(self, pt_block: nn.Module, run_pt, run_ft):
+        """(run_pt, run_ft) for one layer, the pre-trained block's leaf modules answering through this object
+        (``run_pt``/``run_ft``: the blocks, or a streamer's runners of them)."""
         linears = [m for m in pt_block.modules() if not m._modules and "forward" not in vars(m)]
         for m in linears:
             m.forward = partial(self._call, m)
         try:
-            yield partial(self._run, "record", pt_block), partial(self._run, "reuse", ft_block)
+            yield partial(self._run, "record", run_pt), partial(self._run, "reuse", run_ft)
         finally:
             for m in linears:
                 del m.forward

@@ -18,6 +18,7 @@ from ..core.chain import prove_chain
 from ..core.compat import check_compatible, check_configs
 from ..core.families import Family, find_family
 from ..core.pair import ModelPair
+from ..core.reuse import ProjectionReuse
 from ..errors import TucoError
 from .checkpoint import TensorSource
 from .skeleton import empty_model, materialize_outer, outer_parameter_groups
@@ -44,9 +45,20 @@ class StreamedPair(ModelPair):
             raise TucoError("this streamed pair was closed (pair.close()): its reader thread, page-locked memory and "
                             "files are released; load it again with tk.load_pair to score with it")
 
+    #: a shared pair's :class:`~tuco_kernels.core.reuse.ProjectionReuse` (PEFT's blocks call the skeleton's modules)
+    reuse: ProjectionReuse | None = None
+
     def layers(self, profile=None):
         self._check_open()
-        return self.streamer.layers(profile)
+        if self.reuse is None:
+            return self.streamer.layers(profile)
+        return self._reusing(profile)
+
+    def _reusing(self, profile):
+        blocks = self.family.layers(self.pretrained)
+        for l, run_pt, run_ft in self.streamer.layers(profile):
+            with self.reuse.around(blocks[l], run_pt, run_ft) as (pt, ft):
+                yield l, pt, ft
 
     def pretrained_frame(self) -> nn.Module:
         if self._materialize_pretrained is not None:
@@ -145,4 +157,5 @@ def _shared_streamed_pair(pt_frame, family, pt_source, shared, *, tokenizers, de
         raise
     pair = StreamedPair(pt_frame, ft_frame, ft_tok, family, offload=offload, streamer=streamer,
                         materialize_pretrained=lambda: None)
+    pair.reuse = ProjectionReuse()
     return pair
