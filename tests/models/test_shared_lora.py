@@ -418,3 +418,16 @@ def test_a_streamed_shared_pair_computes_once_what_both_blocks_compute_alike(tmp
     pair.reuse = None
     assert tk.score(pair, PROMPTS, chat=False, layers=True).tuco.tolist() == with_reuse.tuco.tolist()
     pair.close()
+
+
+@pytest.mark.parametrize("offload", ["none", "cpu"])
+def test_damaged_or_missing_adapter_weights_are_named(tmp_path, tokenizer, offload):
+    pt_dir, adapter = _save_adapter(tmp_path, tokenizer, "plain")
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelError, match=r"adapter_model.safetensors: (cannot read the adapter weights|not a "
+                                         r"safetensors file, or truncated)"):
+        tk.load_pair(pt_dir, adapter, offload=offload)
+    weights.unlink()
+    with pytest.raises(ModelError, match=r"plain: no adapter weights \(adapter_model.safetensors\)"):
+        tk.load_pair(pt_dir, adapter, offload=offload)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from .hf import load_peft
+from .hf import check_adapter_files, first_line, load_peft
 from .sources import read_adapter_config
 
 #: LoRA options under which the wrapped modules are not PEFT's whole forward: refused by name in shared mode
@@ -69,10 +69,13 @@ def stored_base_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     file = adapter_dir / "adapter_model.safetensors"
-    if file.is_file():
-        tensors = load_file(file)
-    else:   # adapter_model.bin, allowed by allow_pickle (checked before)
-        tensors = torch.load(adapter_dir / "adapter_model.bin", map_location="cpu", weights_only=True)
+    if not file.is_file():   # adapter_model.bin, allowed by allow_pickle (checked before)
+        file = adapter_dir / "adapter_model.bin"
+    try:
+        tensors = (load_file(file) if file.suffix == ".safetensors"
+                   else torch.load(file, map_location="cpu", weights_only=True))
+    except Exception as exc:  # safetensors, pickle and OS errors alike: the file does not read
+        raise ModelError(f"{file}: cannot read the adapter weights: {first_line(exc)}") from None
     own = ("lora_", "modules_to_save", "trainable_tokens", "token_adapter")
     saved = read_adapter_config(adapter_dir).get("modules_to_save") or []   # PEFT loads these into its own copies
     out = {}
@@ -118,6 +121,7 @@ def shared_finetuned(pretrained: torch.nn.Module, adapter_dir: Path, allow_pickl
     side; that PEFT then changes no tensor of the pre-trained model is checked (each tensor's version counter, and
     the values of those it wrote its own equal values into). Returns the HF
     model inside the PeftModel (PeftModel.forward calls it with the same arguments)."""
+    check_adapter_files(adapter_dir, allow_pickle)
     structure = share_structure(pretrained)
     stored = stored_base_tensors(adapter_dir)
     own = differing(pretrained, stored)
@@ -173,6 +177,7 @@ def streamed_finetuned(frame: torch.nn.Module, adapter_dir: Path, allow_pickle: 
     """(PEFT's unmerged model on ``frame``, None), or (None, why not): ``frame`` has its embedding, norm and head
     on ``device`` and empty blocks whose weights a streamer passes in per layer; the adapter's tensors are PEFT's,
     on ``device``. Adapters that store base tensors of other values cannot be placed on an empty frame."""
+    check_adapter_files(adapter_dir, allow_pickle)
     stored = stored_base_tensors(adapter_dir)
     params = dict(frame.named_parameters())
     inside = [n for n in stored if n in params and params[n].is_meta]
