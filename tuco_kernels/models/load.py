@@ -106,10 +106,9 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
                     attn_implementation=attn_implementation, offload=offload, prefetch=prefetch)
         pair = None
         if lora_mode is not None and lora_mode["mode"] == "shared":
-            try:
-                pair = load_streamed(pretrained, finetuned, shared=True, **opts)
-            except ValueError as exc:   # what cannot be placed on an empty frame: merged per layer instead
-                lora_mode = _merged(f"offload={offload!r}: {exc}")
+            pair = load_streamed(pretrained, finetuned, shared=True, **opts)
+            if isinstance(pair, str):   # what cannot be placed on an empty frame: merged per layer instead
+                lora_mode, pair = _merged(f"offload={offload!r}: {pair}"), None
         if pair is None:
             pair = load_streamed(pretrained, finetuned, **opts)
     pair.sources = {"pretrained": pretrained, "finetuned": finetuned, "gguf": (g_pt, g_ft)}
@@ -220,9 +219,9 @@ def _tensor_source(model, gguf, *, side: str, offload: str, allow_pickle: bool, 
 
 
 def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft, allow_pickle,
-                  attn_implementation, offload, prefetch, shared: bool = False) -> ModelPair:
+                  attn_implementation, offload, prefetch, shared: bool = False) -> ModelPair | str:
     """A :class:`~tuco_kernels.offload.streamed.StreamedPair` from paths (or models, for offload="cpu").
-    ``shared``: the adapter unmerged around the streamed base (ValueError with the reason where it cannot be)."""
+    ``shared``: the adapter unmerged around the streamed base (or, where it cannot be, the reason, a string)."""
     device = device or "cpu"
     opts = dict(offload=offload, allow_pickle=allow_pickle, dtype=dtype, attn_implementation=attn_implementation)
     if shared:

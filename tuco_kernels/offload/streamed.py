@@ -94,15 +94,15 @@ def _stored_dtype(config, source) -> torch.dtype:
 
 def streamed_pair(pt_source: TensorSource, pc, ft_source: TensorSource | None, fc, *, adapter=None,
                   tokenizers=(None, None), dtype=None, device="cpu", offload="cpu", prefetch=True,
-                  attn_implementation=None, shared=None) -> StreamedPair:
+                  attn_implementation=None, shared=None) -> StreamedPair | str:
     """A :class:`StreamedPair` from two tensor sources and their configs (``ft_source=None``: the fine-tuned side is
     ``pt_source`` + ``adapter``). ``tk.load_pair(..., offload=...)`` builds its sources from paths; benchmarks and
     tests can pass any :class:`~tuco_kernels.offload.checkpoint.TensorSource`.
 
     ``shared``: a function that puts PEFT's unmerged adapter on the (materialized) pre-trained frame, returning
     (fine-tuned model, None) or (None, why not) (models/shared.py ``streamed_finetuned``); with it the pair is a
-    shared LoRA pair (``pair.lora`` mode "shared"), and when it says why not, :class:`ValueError` carries the
-    reason (load_pair then merges)."""
+    shared LoRA pair (``pair.lora`` mode "shared"), or, when it says why not, that reason is returned instead of a
+    pair (load_pair then merges)."""
     device = torch.device(device)
     check_configs(pc, fc)
     target = dtype or _stored_dtype(fc, ft_source or pt_source)
@@ -139,12 +139,12 @@ def streamed_pair(pt_source: TensorSource, pc, ft_source: TensorSource | None, f
 
 
 def _shared_streamed_pair(pt_frame, family, pt_source, shared, *, tokenizers, device, target, offload,
-                          prefetch) -> StreamedPair:
+                          prefetch) -> StreamedPair | str:
     """The pre-trained frame (embedding, norm, head read once) and PEFT's model around it; blocks streamed once."""
     materialize_outer(pt_frame, family, pt_source, device, target)
     ft_frame, why_not = shared(pt_frame)
     if ft_frame is None:
-        raise ValueError(why_not)
+        return why_not
     ft_tok, pt_tok = tokenizers
     check_compatible(pt_frame, ft_frame, pt_tok, ft_tok)
     streamer = LayerStreamer(skeleton=pt_frame, family=family, pt_source=pt_source, ft_source=None, adapter=None,
