@@ -182,7 +182,7 @@ def run_metadata(pair, *, options: dict | None = None, command: str | None = Non
             "command": command, "models": models,
             "tokenizer": getattr(pair.tokenizer, "name_or_path", None), "model_type": pair.family.model_type,
             "layers": pair.n_layers, "dtype": str(pair.dtype).removeprefix("torch."), "device": str(pair.device),
-            "offload": pair.offload, "rendering": run.rendering if run is not None else None,
+            "offload": pair.offload, "lora": getattr(pair, "lora", None), "rendering": run.rendering if run is not None else None,
             "options": options or {},
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__}}

@@ -39,3 +39,17 @@ def test_offload_cpu_holds_exactly_what_choose_offload_counts(tmp_path, tokenize
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     assert choose_offload(tmp_path / "pt", adapter, one, "cuda", None) == "cpu"
+
+
+def test_a_shared_lora_pair_counts_one_copy_of_the_base(tmp_path, tokenizer, monkeypatch):
+    """Resident, a shared LoRA pair holds the base once (lora="shared"); merged, twice: a budget that holds one copy
+    with a quarter to spare keeps the shared pair on the device and streams the merged one."""
+    pt, _ = make_pair_models("llama", tokenizer)
+    pt.save_pretrained(tmp_path / "pt")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    one = sum(p.numel() * 4 for p in pt.parameters())
+    monkeypatch.setattr(load, "host_memory_available", lambda: 100 * one)
+    assert choose_offload(tmp_path / "pt", adapter, 1.5 * one, "cuda", None, shared=True) == "none"
+    assert choose_offload(tmp_path / "pt", adapter, 1.5 * one, "cuda", None) == "cpu"

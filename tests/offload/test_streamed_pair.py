@@ -143,10 +143,11 @@ def test_lora_adapter_streams_as_peft_merges(tmp_path, tokenizer, family, target
             if "modules_to_save" in name or name.endswith("bias"):
                 p.add_(0.01)  # replacements must differ from the base to be tested
     peft_model.save_pretrained(tmp_path / "adapter")
-    resident = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer)
-    expected, expected_logp = tk.score(resident, PROMPTS, layers=True, chat=False), tk.next_token_logprobs(resident, PROMPTS, chat=False)
+    resident = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer, lora="merged")  # as streamed
+    expected = tk.score(resident, PROMPTS, layers=True, chat=False)
+    expected_logp = tk.next_token_logprobs(resident, PROMPTS, chat=False)
     for offload in MODES:
-        pair = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer, offload=offload)
+        pair = tk.load_pair(tmp_path / "pt", tmp_path / "adapter", tokenizer=tokenizer, offload=offload, lora="merged")
         _same(tk.score(pair, PROMPTS, layers=True, chat=False), expected)
         assert torch.equal(tk.next_token_logprobs(pair, PROMPTS, chat=False), expected_logp)  # the head replacement (modules_to_save) too
     assert expected.tuco.min() > 0.05
@@ -159,11 +160,11 @@ def test_unsupported_adapters_are_refused_by_name(tmp_path, tokenizer):
     base = build_model(tiny_config("llama", len(tokenizer)), seed=0)
     get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True)).save_pretrained(tmp_path / "dora")
     with pytest.raises(TucoError, match=r"adapter_config.json: use_dora=True is not supported when streaming"):
-        tk.load_pair(tmp_path / "pt", tmp_path / "dora", tokenizer=tokenizer, offload="disk")
+        tk.load_pair(tmp_path / "pt", tmp_path / "dora", tokenizer=tokenizer, offload="disk", lora="merged")
     base = build_model(tiny_config("llama", len(tokenizer)), seed=0)
     get_peft_model(base, LoraConfig(r=2, target_modules=["embed_tokens"])).save_pretrained(tmp_path / "emb")
     with pytest.raises(TucoError, match="embedding/DoRA/conv LoRA tensor"):
-        tk.load_pair(tmp_path / "pt", tmp_path / "emb", tokenizer=tokenizer, offload="cpu")
+        tk.load_pair(tmp_path / "pt", tmp_path / "emb", tokenizer=tokenizer, offload="cpu", lora="merged")
 
 
 def test_a_file_truncated_after_loading_fails_with_its_name(tmp_path, tokenizer):

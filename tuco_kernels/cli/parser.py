@@ -93,6 +93,9 @@ def _add_model_args(p: argparse.ArgumentParser):
     g.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoints' own)")
     g.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is a GPU, else cpu)")
     g.add_argument("--allow-pickle", action="store_true", help="permit pickle (*.bin) weights (they can run code)")
+    g.add_argument("--lora", choices=("shared", "merged"), default="shared",
+                   help="with a PEFT LoRA adapter as --finetuned: shared (default; one copy of the base, PEFT's "
+                        "unmerged forward) or merged (the adapter merged into a second copy, PEFT's merge_and_unload)")
 
 
 def _add_memory_args(p: argparse.ArgumentParser, scoring: bool):

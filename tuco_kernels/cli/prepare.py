@@ -96,7 +96,8 @@ def load_models(args):
               file=sys.stderr)
     return load_pair(args.pretrained, args.finetuned, tokenizer=args.tokenizer, dtype=args.dtype,
                      device=default_device(args.device), allow_pickle=args.allow_pickle, offload=args.offload,
-                     max_gpu_memory=args.max_gpu_memory, prefetch=not args.no_prefetch)
+                     max_gpu_memory=args.max_gpu_memory, prefetch=not args.no_prefetch,
+                     lora=getattr(args, "lora", "shared"))
 
 
 def load(args):

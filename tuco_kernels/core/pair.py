@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .families import Family
+from .reuse import ProjectionReuse
 
 #: (layer index, run the pre-trained block, run the fine-tuned block): ``run(x, **block_kwargs) -> out``
 LayerRunners = tuple[int, Callable[..., torch.Tensor], Callable[..., torch.Tensor]]
@@ -32,6 +33,9 @@ class ModelPair:
     #: what :func:`~tuco_kernels.load_pair` was given, ``{"pretrained", "finetuned", "gguf"}`` (paths or models),
     #: so that a run can name the models it scored (a dataset's fingerprint); None for a pair built otherwise
     sources: dict | None = None
+    #: with a PEFT adapter as the fine-tuned side: ``{"mode": "shared"|"merged", "reason": ...}`` (load_pair's
+    #: ``lora``; the reason says why an adapter asked to be shared was merged); None for two whole models
+    lora: dict | None = None
 
     def __init__(self, pretrained: nn.Module, finetuned: nn.Module, tokenizer, family: Family):
         self.pretrained, self.finetuned, self.tokenizer, self.family = pretrained, finetuned, tokenizer, family
@@ -84,17 +88,27 @@ class ModelPair:
 
     def __repr__(self) -> str:
         offload = f", offload={self.offload}" if self.offload != "none" else ""
+        lora = f", lora={self.lora['mode']}" if self.lora else ""
         return (f"ModelPair({self.family.model_type}, {self.n_layers} layers, d={self.finetuned.config.hidden_size}, "
-                f"{self.dtype}, {self.device}{offload})")
+                f"{self.dtype}, {self.device}{offload}{lora})")
 
 
 class ResidentPair(ModelPair):
     """Both models whole on the device (``load_pair(..., offload="none")``, the default)."""
 
+    #: a shared LoRA pair's :class:`~tuco_kernels.core.reuse.ProjectionReuse` (None: each block computes all)
+    reuse: ProjectionReuse | None = None
+
     def layers(self, profile=None) -> Iterator[LayerRunners]:
         for l, (pt_block, ft_block) in enumerate(zip(self.family.layers(self.pretrained),
                                                      self.family.layers(self.finetuned))):
-            yield l, pt_block, ft_block
+            if self.reuse is None:
+                yield l, pt_block, ft_block
+                continue
+            with self.reuse.around(pt_block, pt_block, ft_block) as (run_pt, run_ft):
+                yield l, run_pt, run_ft
 
     def device_bytes(self, *, own_pt: bool = False) -> int:
-        return sum(p.numel() * p.element_size() for m in (self.pretrained, self.finetuned) for p in m.parameters())
+        """Each tensor once: a shared LoRA pair's fine-tuned side holds the pre-trained weights plus its adapter."""
+        unique = {p.data_ptr(): p for m in (self.pretrained, self.finetuned) for p in m.parameters()}
+        return sum(p.numel() * p.element_size() for p in unique.values())

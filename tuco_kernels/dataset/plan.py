@@ -52,7 +52,7 @@ class DatasetPlan:
 
 
 #: the fingerprint's fields, in the order a mismatch is reported; each changes the numbers or the shards
-FINGERPRINT_FIELDS = ("pretrained", "finetuned", "dtype", "device", "backend", "attn_implementation", "alpha",
+FINGERPRINT_FIELDS = ("pretrained", "finetuned", "lora", "dtype", "device", "backend", "attn_implementation", "alpha",
                       "layers", "token_map", "output_co", "chat", "system_prompt", "chat_template", "batch_tokens",
                       "shard_tokens", "n_prompts", "inputs")
 
@@ -76,6 +76,7 @@ def make_plan(pair, records, tokens: TokenTable, *, alpha, chat, system_prompt, 
     fp = {
         "pretrained": identity["pretrained"]["sha256"],
         "finetuned": identity["finetuned"]["sha256"],
+        "lora": pair.lora["mode"] if getattr(pair, "lora", None) else None,   # shared and merged round apart
         "dtype": str(pair.dtype).removeprefix("torch."),
         "device": device_name(pair.device),   # CPU: the thread count changes matmul rounding; GPU: the model
         "backend": resolve_backend(backend, pair.device.type),  # the per-layer norms' summation order

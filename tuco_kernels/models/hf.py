@@ -113,8 +113,25 @@ def tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft):
 
 
 def apply_adapter(base, adapter_dir: Path, allow_pickle: bool):
+    """``base`` with the adapter merged into its weights (PEFT's ``merge_and_unload``): ``lora="merged"``."""
+    return load_peft(base, adapter_dir, allow_pickle).merge_and_unload()
+
+
+def load_peft(base, adapter_dir: Path, allow_pickle: bool):
+    """``PeftModel.from_pretrained(base, adapter_dir)`` (inference, adapter active, unmerged), its errors named."""
     from peft import PeftModel
 
+    check_adapter_files(adapter_dir, allow_pickle)
+    try:
+        with warnings.catch_warnings():   # PEFT reads transformers' deprecated is_gradient_checkpointing: not ours to show
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+    except Exception as exc:  # PEFT, safetensors and torch errors alike
+        raise adapter_load_error(adapter_dir, exc) from None
+
+
+def check_adapter_files(adapter_dir: Path, allow_pickle: bool) -> None:
+    """The adapter's weights file is there (pickle ``adapter_model.bin`` only with ``allow_pickle``)."""
     names = [p.name for p in adapter_dir.iterdir()]
     if "adapter_model.safetensors" not in names:
         if "adapter_model.bin" in names and not allow_pickle:
@@ -122,20 +139,18 @@ def apply_adapter(base, adapter_dir: Path, allow_pickle: bool):
                             f"pass allow_pickle=True (--allow-pickle)")
         if "adapter_model.bin" not in names:
             raise ModelError(f"{adapter_dir}: no adapter weights (adapter_model.safetensors)")
-    try:
-        with warnings.catch_warnings():   # PEFT reads transformers' deprecated is_gradient_checkpointing: not ours to show
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            peft_model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
-    except Exception as exc:  # PEFT, safetensors and torch errors alike
-        mismatch = _SIZE_MISMATCH.search(str(exc))
-        if mismatch:
-            name = mismatch["name"].removeprefix("base_model.model.").replace(".default", "")
-            more = len(_SIZE_MISMATCH.findall(str(exc))) - 1
-            raise ModelError(f"{adapter_dir}: the adapter was made for another base model: {name} is "
-                             f"{_shape(mismatch['stored'])} in the adapter but {_shape(mismatch['model'])} for this "
-                             f"pre-trained model" + (f" ({more} more tensors differ)" if more else "")) from None
-        raise ModelError(f"{adapter_dir}: the adapter does not fit the pre-trained model: {first_line(exc)}") from None
-    return peft_model.merge_and_unload()
+
+
+def adapter_load_error(adapter_dir: Path, exc: Exception) -> ModelError:
+    """PEFT's failure to load an adapter onto a base, as one named line."""
+    mismatch = _SIZE_MISMATCH.search(str(exc))
+    if mismatch:
+        name = mismatch["name"].removeprefix("base_model.model.").replace(".default", "")
+        more = len(_SIZE_MISMATCH.findall(str(exc))) - 1
+        return ModelError(f"{adapter_dir}: the adapter was made for another base model: {name} is "
+                          f"{_shape(mismatch['stored'])} in the adapter but {_shape(mismatch['model'])} for this "
+                          f"pre-trained model" + (f" ({more} more tensors differ)" if more else ""))
+    return ModelError(f"{adapter_dir}: the adapter does not fit the pre-trained model: {first_line(exc)}")
 
 
 # torch's load_state_dict report, one line per tensor

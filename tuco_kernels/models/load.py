@@ -21,6 +21,7 @@ import torch
 
 from ..core.compat import check_compatible, check_configs, prove_pair
 from ..core.pair import ModelPair, ResidentPair
+from ..core.reuse import ProjectionReuse
 from ..errors import ModelError, OptionError
 from ..core.budget import host_memory_available, parse_size
 from ..offload.checkpoint import Checkpoint, ModuleTensors
@@ -28,15 +29,17 @@ from ..offload.lora import LoraAdapter
 from ..offload.streamed_pair import streamed_pair
 from . import default_pair, hub
 from .hf import apply_adapter, load_model, log, prepare_model, tokenizers_for
+from .shared import shared_finetuned, shared_refusal, streamed_finetuned
 from .sources import (is_adapter_dir, parse_device, parse_dtype, read_adapter_config, read_config, resolve_source,
                       weights_kind)
 
 OFFLOAD_MODES = ("none", "cpu", "disk")
+LORA_MODES = ("shared", "merged")
 
 
 def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, device=None, gguf_file=None,
               allow_pickle: bool = False, attn_implementation: str | None = None, offload: str | None = None,
-              max_gpu_memory=None, prefetch: bool = True) -> ModelPair:
+              max_gpu_memory=None, prefetch: bool = True, lora: str = "shared") -> ModelPair:
     """Load and check a pre-trained / fine-tuned pair.
 
     With no ``pretrained`` and ``finetuned``, the default pair: google/gemma-3-270m and the project's chat LoRA
@@ -45,8 +48,8 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
     Args:
         pretrained, finetuned: local directories, ``.gguf`` paths, hub ids (``org/name`` or ``org/name@revision``,
             from the local HF cache when ``HF_HUB_OFFLINE=1``; see :mod:`tuco_kernels.models.hub`) or
-            ``PreTrainedModel`` objects; the fine-tuned side may be a PEFT adapter (directory or hub id), merged
-            into a copy of the pre-trained model.
+            ``PreTrainedModel`` objects; the fine-tuned side may be a PEFT adapter (directory or hub id), see
+            ``lora``.
         tokenizer: a tokenizer or a directory; default: the fine-tuned side's, else the pre-trained side's.
         dtype: "float32", "bfloat16", "float16" or a torch dtype; default: the checkpoints' own (the fine-tuned
             one's if they differ).
@@ -61,7 +64,14 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
             not given: "none" when both models fit with room to compute, else "cpu" when host memory holds
             both, else "disk". Pass the same budget to :func:`score` to size its batches and sweeps.
         prefetch: with offload, copy layer l+1 while layer l computes (False: the serial baseline).
+        lora: with a PEFT LoRA adapter as the fine-tuned side. "shared" (default): one copy of the base; the
+            fine-tuned model is PEFT's own unmerged model on the pre-trained model's weights (docs/math.md §6).
+            "merged": the adapter merged into a second copy (PEFT's ``merge_and_unload``); streamed, merged per
+            layer on the device. An adapter that cannot be shared exactly is merged; ``pair.lora`` says which mode
+            ran and why.
     """
+    if lora not in LORA_MODES:
+        raise OptionError(f"unknown lora mode {lora!r}; use one of {', '.join(LORA_MODES)}")
     if pretrained is None and finetuned is None:   # the default pair, fp32 unless asked otherwise
         with quiet_hf_progress():   # the first use converts the GGUF; the stage line says so, not HF's bar
             pretrained, finetuned = default_pair.paths()
@@ -75,24 +85,48 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
                              f"got {type(source).__name__} {source!r}")
     pretrained, finetuned = hub.local_source(pretrained), hub.local_source(finetuned)   # hub ids -> snapshots
     tokenizer = hub.local_source(tokenizer)
+    lora_mode = None
     if is_adapter_dir(finetuned):
-        read_adapter_config(finetuned)   # a broken adapter_config.json is named before any weights load
+        cfg = read_adapter_config(finetuned)   # a broken adapter_config.json is named before any weights load
+        lora_mode = lora_choice(lora, cfg, finetuned)
     dtype = parse_dtype(dtype)
     device = parse_device(device)
     g_pt, g_ft = gguf_file if isinstance(gguf_file, (tuple, list)) else (gguf_file, gguf_file)
     if offload is None:
-        offload = choose_offload(pretrained, finetuned, max_gpu_memory, device, dtype, g_pt, g_ft)
+        offload = choose_offload(pretrained, finetuned, max_gpu_memory, device, dtype, g_pt, g_ft,
+                                 shared=lora_mode is not None and lora_mode["mode"] == "shared")
     if offload not in OFFLOAD_MODES:
         raise OptionError(f"unknown offload mode {offload!r}; use one of {', '.join(OFFLOAD_MODES)}")
     if offload == "none":
         pair = load_resident(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
-                             g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
-    else:
-        pair = load_streamed(pretrained, finetuned, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
                              g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation,
-                             offload=offload, prefetch=prefetch)
+                             shared=lora_mode is not None and lora_mode["mode"] == "shared")
+    else:
+        opts = dict(tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt, g_ft=g_ft, allow_pickle=allow_pickle,
+                    attn_implementation=attn_implementation, offload=offload, prefetch=prefetch)
+        pair = None
+        if lora_mode is not None and lora_mode["mode"] == "shared":
+            pair = load_streamed(pretrained, finetuned, shared=True, **opts)
+            if isinstance(pair, str):   # what cannot be placed on an empty frame: merged per layer instead
+                lora_mode, pair = _merged(f"offload={offload!r}: {pair}"), None
+        if pair is None:
+            pair = load_streamed(pretrained, finetuned, **opts)
     pair.sources = {"pretrained": pretrained, "finetuned": finetuned, "gguf": (g_pt, g_ft)}
+    pair.lora = lora_mode
     return pair
+
+
+def lora_choice(lora: str, cfg: dict, adapter) -> dict:
+    """``{"mode": "shared"|"merged", "reason": why it was merged when "shared" was asked, else None}``."""
+    if lora == "merged":
+        return {"mode": "merged", "reason": None}
+    reason = shared_refusal(cfg, adapter)
+    return {"mode": "shared", "reason": None} if reason is None else _merged(reason)
+
+
+def _merged(reason: str) -> dict:
+    log.warning("the adapter is merged into a copy of the base, not shared: %s", reason)
+    return {"mode": "merged", "reason": reason}
 
 
 @contextmanager
@@ -122,7 +156,7 @@ def quiet_hf_progress():
 
 
 def load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft, allow_pickle,
-                  attn_implementation) -> ResidentPair:
+                  attn_implementation, shared: bool = False) -> ResidentPair:
     load = dict(dtype=dtype, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
     if not isinstance(pretrained, torch.nn.Module) and not isinstance(finetuned, torch.nn.Module) \
             and not is_adapter_dir(finetuned):
@@ -132,7 +166,11 @@ def load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
         with stage(f"loading the pre-trained model from {pretrained}", isinstance(pretrained, torch.nn.Module)):
             pt = pretrained if isinstance(pretrained, torch.nn.Module) else load_model(pretrained, gguf_file=g_pt,
                                                                                      **load)
-        if is_adapter_dir(finetuned):
+        if shared:   # cast and placed first: PEFT keeps its adapter weights as it loads them onto this base
+            pt = prepare_model(pt, dtype or next(pt.parameters()).dtype, device)
+            with stage(f"adding the adapter {finetuned} to the pre-trained model's weights (shared, unmerged)"):
+                ft = shared_finetuned(pt, Path(os.fspath(finetuned)), allow_pickle)
+        elif is_adapter_dir(finetuned):
             with stage(f"merging the adapter {finetuned} into a copy of the pre-trained model"):
                 adapter_dir = Path(os.fspath(finetuned))
                 base = (copy.deepcopy(pt) if isinstance(pretrained, torch.nn.Module)
@@ -147,13 +185,17 @@ def load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
     ft_tok, pt_tok = tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft)
     family = check_compatible(pt, ft, pt_tok, ft_tok)
 
-    target = dtype or next(ft.parameters()).dtype
-    if next(pt.parameters()).dtype != target:
-        log.info("casting the pre-trained model to %s to match the fine-tuned one", target)
-    pt, ft = prepare_model(pt, target, device), prepare_model(ft, target, device)
+    if not shared:
+        target = dtype or next(ft.parameters()).dtype
+        if next(pt.parameters()).dtype != target:
+            log.info("casting the pre-trained model to %s to match the fine-tuned one", target)
+        pt, ft = prepare_model(pt, target, device), prepare_model(ft, target, device)
     with stage("proving the decoder chain on a probe (docs/math.md §1)"):
         family = prove_pair(pt, ft, family)
-    return ResidentPair(pt, ft, ft_tok, family)
+    pair = ResidentPair(pt, ft, ft_tok, family)
+    if shared:   # the projections both blocks compute alike, once (core/reuse.py)
+        pair.reuse = ProjectionReuse()
+    return pair
 
 
 def _tensor_source(model, gguf, *, side: str, offload: str, allow_pickle: bool, dtype, attn_implementation):
@@ -177,10 +219,21 @@ def _tensor_source(model, gguf, *, side: str, offload: str, allow_pickle: bool, 
 
 
 def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft, allow_pickle,
-                  attn_implementation, offload, prefetch) -> ModelPair:
-    """A :class:`~tuco_kernels.offload.streamed_pair.StreamedPair` from paths (or models, for offload="cpu")."""
+                  attn_implementation, offload, prefetch, shared: bool = False) -> ModelPair | str:
+    """A :class:`~tuco_kernels.offload.streamed_pair.StreamedPair` from paths (or models, for offload="cpu").
+    ``shared``: the adapter unmerged around the streamed base (or, where it cannot be, the reason, a string)."""
     device = device or "cpu"
     opts = dict(offload=offload, allow_pickle=allow_pickle, dtype=dtype, attn_implementation=attn_implementation)
+    if shared:
+        pt_source, pc = _tensor_source(pretrained, g_pt, side="pre-trained", **opts)
+        ft_tok, pt_tok = tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft)
+        adapter_dir = Path(os.fspath(finetuned))
+        where = "page-locked host memory" if offload == "cpu" else "the safetensors files (read per layer)"
+        with quiet_hf_progress(), stage(f"preparing the streamed shared pair: block weights in {where}, the adapter "
+                                        f"unmerged on the device"):
+            return streamed_pair(pt_source, pc, None, pc, tokenizers=(ft_tok, pt_tok), dtype=dtype, device=device,
+                                 offload=offload, prefetch=prefetch, attn_implementation=attn_implementation,
+                                 shared=lambda frame: streamed_finetuned(frame, adapter_dir, allow_pickle, device))
     adapter = LoraAdapter(Path(os.fspath(finetuned))) if is_adapter_dir(finetuned) else None
     pt_source, pc = _tensor_source(pretrained, g_pt, side="pre-trained", **opts)
     if adapter is not None:
@@ -213,18 +266,19 @@ def _model_bytes(model, gguf, dtype) -> int:
     return sum(math.prod(e.shape) * (dtype or e.dtype).itemsize for e in ckpt.entries.values())
 
 
-def choose_offload(pretrained, finetuned, max_gpu_memory, device, dtype, g_pt=None, g_ft=None) -> str:
+def choose_offload(pretrained, finetuned, max_gpu_memory, device, dtype, g_pt=None, g_ft=None, *,
+                   shared: bool = False) -> str:
     """'none' if both models fit the budget with a quarter of it left to compute in, else 'cpu' if host
     memory holds what offload="cpu" pins (with 10% spare), else 'disk'. Without a budget: 'none'.
 
     offload="cpu" page-locks exactly the bytes of each streamed model's blocks (no power-of-two rounding,
     see stream.HostArena); a LoRA fine-tuned side is merged on the device from the pre-trained weights, so it
-    adds nothing there, while resident it is a full second model."""
+    adds nothing there, while resident it is a full second model (merged) or nothing (shared: one base copy)."""
     budget = parse_size(max_gpu_memory)
     if budget is None:
         return "none"
     pt = _model_bytes(pretrained, g_pt, dtype)
     ft = 0 if is_adapter_dir(finetuned) else _model_bytes(finetuned, g_ft, dtype)
-    if pt + (ft or pt) <= 0.75 * budget:
+    if pt + (ft or (0 if shared else pt)) <= 0.75 * budget:
         return "none"
     return "cpu" if pt + ft <= 0.9 * host_memory_available() else "disk"

@@ -18,6 +18,7 @@ from ..core.chain import prove_chain
 from ..core.compat import check_compatible, check_configs
 from ..core.families import Family, find_family
 from ..core.pair import ModelPair
+from ..core.reuse import ProjectionReuse
 from ..errors import TucoError
 from .checkpoint import TensorSource
 from .skeleton import empty_model, materialize_outer, outer_parameter_groups
@@ -44,9 +45,20 @@ class StreamedPair(ModelPair):
             raise TucoError("this streamed pair was closed (pair.close()): its reader thread, page-locked memory and "
                             "files are released; load it again with tk.load_pair to score with it")
 
+    #: a shared pair's :class:`~tuco_kernels.core.reuse.ProjectionReuse` (PEFT's blocks call the skeleton's modules)
+    reuse: ProjectionReuse | None = None
+
     def layers(self, profile=None):
         self._check_open()
-        return self.streamer.layers(profile)
+        if self.reuse is None:
+            return self.streamer.layers(profile)
+        return self._reusing(profile)
+
+    def _reusing(self, profile):
+        blocks = self.family.layers(self.pretrained)
+        for l, run_pt, run_ft in self.streamer.layers(profile):
+            with self.reuse.around(blocks[l], run_pt, run_ft) as (pt, ft):
+                yield l, pt, ft
 
     def pretrained_frame(self) -> nn.Module:
         if self._materialize_pretrained is not None:
@@ -82,16 +94,24 @@ def _stored_dtype(config, source) -> torch.dtype:
 
 def streamed_pair(pt_source: TensorSource, pc, ft_source: TensorSource | None, fc, *, adapter=None,
                   tokenizers=(None, None), dtype=None, device="cpu", offload="cpu", prefetch=True,
-                  attn_implementation=None) -> StreamedPair:
+                  attn_implementation=None, shared=None) -> StreamedPair | str:
     """A :class:`StreamedPair` from two tensor sources and their configs (``ft_source=None``: the fine-tuned side is
     ``pt_source`` + ``adapter``). ``tk.load_pair(..., offload=...)`` builds its sources from paths; benchmarks and
-    tests can pass any :class:`~tuco_kernels.offload.checkpoint.TensorSource`."""
+    tests can pass any :class:`~tuco_kernels.offload.checkpoint.TensorSource`.
+
+    ``shared``: a function that puts PEFT's unmerged adapter on the (materialized) pre-trained frame, returning
+    (fine-tuned model, None) or (None, why not) (models/shared.py ``streamed_finetuned``); with it the pair is a
+    shared LoRA pair (``pair.lora`` mode "shared"), or, when it says why not, that reason is returned instead of a
+    pair (load_pair then merges)."""
     device = torch.device(device)
     check_configs(pc, fc)
     target = dtype or _stored_dtype(fc, ft_source or pt_source)
     ft_frame = empty_model(fc, target, attn_implementation)
     pt_frame = empty_model(pc, target, attn_implementation)
     family = find_family(ft_frame)
+    if shared is not None:
+        return _shared_streamed_pair(pt_frame, family, pt_source, shared, tokenizers=tokenizers, device=device,
+                                     target=target, offload=offload, prefetch=prefetch)
 
     outer_replacements = {}
     if adapter is not None:
@@ -116,3 +136,26 @@ def streamed_pair(pt_source: TensorSource, pc, ft_source: TensorSource | None, f
 
     return StreamedPair(pt_frame, ft_frame, ft_tok, family, offload=offload, streamer=streamer,
                         materialize_pretrained=lambda: materialize_outer(pt_frame, family, pt_source, device, target))
+
+
+def _shared_streamed_pair(pt_frame, family, pt_source, shared, *, tokenizers, device, target, offload,
+                          prefetch) -> StreamedPair | str:
+    """The pre-trained frame (embedding, norm, head read once) and PEFT's model around it; blocks streamed once."""
+    materialize_outer(pt_frame, family, pt_source, device, target)
+    ft_frame, why_not = shared(pt_frame)
+    if ft_frame is None:
+        return why_not
+    ft_tok, pt_tok = tokenizers
+    check_compatible(pt_frame, ft_frame, pt_tok, ft_tok)
+    streamer = LayerStreamer(skeleton=pt_frame, family=family, pt_source=pt_source, ft_source=None, adapter=None,
+                             device=device, dtype=target, offload=offload, prefetch=prefetch,
+                             ft_blocks=family.layers(ft_frame))
+    try:
+        family = prove_chain(ft_frame, family, runners=streamer.layers).family
+    except BaseException:
+        streamer.close()
+        raise
+    pair = StreamedPair(pt_frame, ft_frame, ft_tok, family, offload=offload, streamer=streamer,
+                        materialize_pretrained=lambda: None)
+    pair.reuse = ProjectionReuse()
+    return pair

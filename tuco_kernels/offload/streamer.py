@@ -155,6 +155,18 @@ def _run_block(block, weights, x, **kwargs):
     return functional_call(block, weights, (x,), kwargs, strict=False, tie_weights=False)
 
 
+def _base_names(ft_block, layout: LayerLayout) -> list[tuple[str, str]]:
+    """(name in PEFT's block, name in the streamed layer) of every base weight the fine-tuned block reads."""
+    pairs = []
+    for name, p in ft_block.named_parameters():
+        if p.is_meta:
+            rel = name.replace(".base_layer.", ".")
+            if rel not in {entry[0] for entry in layout.entries}:
+                raise TucoError(f"the fine-tuned block's {name} is not a weight of the streamed layer")
+            pairs.append((name, rel))
+    return pairs
+
+
 class _ModelHost:
     """One model's block weights on the host: every layer (offload="cpu") or two staging buffers ("disk")."""
 
@@ -189,9 +201,14 @@ class LayerStreamer:
     _order_copies = True
 
     def __init__(self, *, skeleton, family, pt_source: TensorSource, ft_source: TensorSource | None,
-                 adapter: LoraAdapter | None, device, dtype: torch.dtype, offload: str, prefetch: bool = True):
+                 adapter: LoraAdapter | None, device, dtype: torch.dtype, offload: str, prefetch: bool = True,
+                 ft_blocks=None):
         """``prefetch`` (copy layer l+1 while layer l computes) is an attribute that may be changed between
-        passes: False copies each layer on the compute stream when it is needed (the serial baseline)."""
+        passes: False copies each layer on the compute stream when it is needed (the serial baseline).
+
+        ``ft_blocks`` (a shared LoRA pair, models/shared.py): the fine-tuned blocks are PEFT's modules around the
+        skeleton's own; they run on the pre-trained layer's weights (under their ``base_layer`` names) and their
+        adapter tensors, which stay on the device: one model's weights move per layer, nothing is merged."""
         if offload not in ("cpu", "disk"):
             raise ValueError(offload)
         self.device, self.dtype, self.offload, self.prefetch = torch.device(device), dtype, offload, prefetch
@@ -209,6 +226,8 @@ class LayerStreamer:
         if ft_source is not None:
             self.hosts.append(_ModelHost(ft_source, names, self.layouts, offload, cuda, prefix, conversions))
         self.lora = self._lora_plan(adapter, names) if adapter is not None else None
+        self.ft_blocks = ft_blocks
+        self.ft_names = None if ft_blocks is None else [_base_names(b, lay) for b, lay in zip(ft_blocks, self.layouts)]
         self.slots = ([[torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device) for _ in range(2)]
                        for _ in self.hosts] if cuda else None)
         if cuda:
@@ -324,10 +343,10 @@ class LayerStreamer:
                 if self.lora is not None:
                     weights.append(self._lora_weights(l, weights[0], s))
                 self.ready[s].record(stream)
-            return weights[0], weights[1]
+            return weights[0], (weights[1] if len(weights) > 1 else None)
         if self.lora is not None:
             weights.append(self._lora_weights(l, weights[0], s))
-        return weights[0], weights[1]
+        return weights[0], (weights[1] if len(weights) > 1 else None)
 
     def layers(self, profile: StreamProfile | None = None):
         """Generator over the layers; the caller's work between two ``next`` calls is layer l's compute."""
@@ -358,7 +377,12 @@ class LayerStreamer:
                 t0 = time.perf_counter()
                 block = self.blocks[l]
                 try:
-                    yield (l, functools.partial(_run_block, block, pt_w), functools.partial(_run_block, block, ft_w))
+                    if self.ft_blocks is not None:   # PEFT's block around the same modules, on the same weights
+                        run_ft = functools.partial(_run_block, self.ft_blocks[l],
+                                                   {n: pt_w[rel] for n, rel in self.ft_names[l]})
+                    else:
+                        run_ft = functools.partial(_run_block, block, ft_w)
+                    yield (l, functools.partial(_run_block, block, pt_w), run_ft)
                 finally:
                     if cuda:  # also when the pass is abandoned here: the slot is free once this compute is done
                         self.free[l % 2].record(compute_stream)
