@@ -2,7 +2,6 @@
 built from PEFT itself: ``PeftModel.from_pretrained(fresh base, adapter)``, adapter active and NOT merged, and the
 same model with ``disable_adapter()`` for the pre-trained blocks. Merged mode against PEFT's merge_and_unload."""
 
-import copy
 import json
 
 import numpy as np
@@ -333,20 +332,9 @@ def test_trained_biases_get_their_own_copy(tmp_path, tokenizer, bias, monkeypatc
     side gets its own copy of those biases (every other tensor still shared), the pre-trained side stays the base,
     and α = 1 is PEFT's unmerged forward bit for bit. Without the copies PEFT would write into the shared base, and
     the load refuses by name."""
-    from peft import LoraConfig, get_peft_model
-
     from tuco_kernels.models import shared
 
-    _base(tokenizer, "qwen2").save_pretrained(tmp_path / "pt")
-    tokenizer.save_pretrained(tmp_path / "pt")
-    peft_model = get_peft_model(_base(tokenizer, "qwen2"), LoraConfig(r=4, lora_alpha=8, bias=bias,
-                                                                       target_modules=["q_proj", "v_proj"],
-                                                                       init_lora_weights=False))
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if name.endswith("bias"):
-                p.add_(0.1)
-    peft_model.save_pretrained(tmp_path / "ad")
+    _save_bias_adapter(tmp_path, tokenizer, bias, ["q_proj", "v_proj"])
     pair, oracle, fresh = tk.load_pair(tmp_path / "pt", tmp_path / "ad"), _oracle(tokenizer, tmp_path / "ad", "qwen2"), \
         _base(tokenizer, "qwen2")
     n_stored = len(shared.differing(fresh, shared.stored_base_tensors(tmp_path / "ad")))
@@ -389,18 +377,7 @@ def test_a_streamed_shared_pair_is_the_resident_one(tmp_path, tokenizer, name, o
 def test_a_streamed_pair_merges_what_it_cannot_share(tmp_path, tokenizer):
     """Trained biases stored in the adapter live in the streamed blocks: such a pair is merged per layer on the
     device (as before), with the reason."""
-    from peft import LoraConfig, get_peft_model
-
-    _base(tokenizer, "qwen2").save_pretrained(tmp_path / "pt")
-    tokenizer.save_pretrained(tmp_path / "pt")
-    peft_model = get_peft_model(_base(tokenizer, "qwen2"), LoraConfig(r=4, lora_alpha=8, bias="all",
-                                                                       target_modules=["q_proj"],
-                                                                       init_lora_weights=False))
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if n.endswith("bias"):
-                p.add_(0.1)
-    peft_model.save_pretrained(tmp_path / "ad")
+    _save_bias_adapter(tmp_path, tokenizer, "all", ["q_proj"])
     pair = tk.load_pair(tmp_path / "pt", tmp_path / "ad", offload="cpu")
     assert pair.lora["mode"] == "merged"
     assert pair.lora["reason"].startswith("offload='cpu': the adapter stores base tensors with values of its own "
@@ -431,3 +408,19 @@ def test_damaged_or_missing_adapter_weights_are_named(tmp_path, tokenizer, offlo
     weights.unlink()
     with pytest.raises(ModelError, match=r"plain: no adapter weights \(adapter_model.safetensors\)"):
         tk.load_pair(pt_dir, adapter, offload=offload)
+
+
+def _save_bias_adapter(tmp_path, tokenizer, bias: str, targets: list[str]) -> None:
+    """A qwen2 base in tmp_path/pt and a LoRA adapter in tmp_path/ad whose biases (PEFT's ``bias=``) were trained
+    (moved by 0.1), so the adapter stores base tensors with values of its own."""
+    from peft import LoraConfig, get_peft_model
+
+    _base(tokenizer, "qwen2").save_pretrained(tmp_path / "pt")
+    tokenizer.save_pretrained(tmp_path / "pt")
+    peft_model = get_peft_model(_base(tokenizer, "qwen2"), LoraConfig(r=4, lora_alpha=8, bias=bias,
+                                                                       target_modules=targets, init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if name.endswith("bias"):
+                p.add_(0.1)
+    peft_model.save_pretrained(tmp_path / "ad")
