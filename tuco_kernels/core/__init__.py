@@ -9,4 +9,5 @@ chain.py     the chain probe: proves at load, on the model's own forward, that t
 head.py      next-token logits from x_L through the model's own final norm, head and logit post-processing
 metrics.py   TuCo, β, OutputCo from accumulated vectors (docs/math.md)
 budget.py    device-memory budgets: sizes, footprints, micro-batch and sweep plans, the peak check
+reuse.py     a shared LoRA pair's projections that both blocks compute alike, computed once
 """

