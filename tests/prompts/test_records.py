@@ -196,3 +196,11 @@ def test_a_dataframe_keeps_its_other_columns_as_labels_and_its_index_as_ids():
     assert [r.id for r in normalize_prompts(frame)] == ["x", "y"]
     with pytest.raises(PromptError, match="DataFrame: no 'prompt' or 'messages' column"):
         normalize_prompts(pd.DataFrame({"question": ["a"]}))
+
+
+def test_a_header_that_is_not_csv_is_named(tmp_path):
+    """Found by the hypothesis suite: a file holding only an opened quote failed inside the reader (an internal
+    error) instead of naming line 1."""
+    (tmp_path / "p.csv").write_bytes(b'"')
+    with pytest.raises(PromptError, match=r"p\.csv:1: malformed CSV .*a quote opened there is never closed"):
+        read_prompt_file(tmp_path / "p.csv")

@@ -350,6 +350,7 @@ def read_prompt_file(path) -> list[Prompt]:
             records.append(_from_mapping(item, lineno - 1, where))
     elif suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        start = 1   # the header line, until it is read
         try:
             fields = reader.fieldnames
             if fields is None:
