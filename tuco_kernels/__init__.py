@@ -22,6 +22,7 @@ from ._version import __version__
 #: ``tuco --version``) does not import torch
 _EXPORTS = {
     "attach": ".attach", "prove_chain": ".core.chain", "ModelPair": ".core.pair", "ResidentPair": ".core.pair",
+    "PairSet": ".core.pair_set",
     "DatasetRun": ".dataset", "PlanMismatch": ".dataset", "RankLost": ".dataset", "RunAborted": ".dataset",
     "ShardsFailed": ".dataset", "score_dataset": ".dataset",
     "DeviceMemoryError": ".errors", "IncompatiblePairError": ".errors", "ModelError": ".errors",
@@ -40,6 +41,7 @@ if TYPE_CHECKING:   # what static tools and editors see
     from .attach import attach
     from .core.chain import prove_chain
     from .core.pair import ModelPair, ResidentPair
+    from .core.pair_set import PairSet
     from .dataset import DatasetRun, PlanMismatch, RankLost, RunAborted, ShardsFailed, score_dataset
     from .errors import (DeviceMemoryError, IncompatiblePairError, ModelError, OptionError, OutputError,
                          PromptError, TucoError, UnsupportedModelError)
@@ -94,7 +96,8 @@ sys.modules[__name__].__class__ = _Package
 
 
 __all__ = ["attach", "generate", "load_pair", "score", "score_dataset", "next_token_logprobs", "DatasetRun",
-           "ModelPair", "ResidentPair", "StreamedPair", "TuCoResult", "RunInfo", "prove_chain", "read_prompts",
+           "ModelPair", "ResidentPair", "PairSet", "StreamedPair", "TuCoResult", "RunInfo", "prove_chain",
+           "read_prompts",
            "PAPER_TEMPLATES", "use_paper_template", "default_pair", "__version__",
            # every exception the package raises on purpose (all TucoError, a ValueError) and its one warning
            "TucoError", "OptionError", "PromptError", "OutputError", "ModelError", "IncompatiblePairError",

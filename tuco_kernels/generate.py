@@ -233,6 +233,7 @@ def generate(pair, prompts, alpha=1.0, *, max_new_tokens: int = 32, do_sample: b
     words scoring uses (the first layer and block whose output is not finite) with the new token where it happened;
     such a completion stops there (``text`` holds what came before).
     """
+    pair = pair.one_pair("generate")
     max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
     if do_sample and not temperature > 0:
         raise TucoError("temperature must be positive")

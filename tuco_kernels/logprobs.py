@@ -16,6 +16,7 @@ from .prompts.tokenize import pad_id_of, prepare
 def next_token_logprobs(pair, prompts, alpha=1.0, *, chat: bool | None = None, system_prompt: str | None = None,
                         batch_tokens: int = DEFAULT_BATCH_TOKENS, backend: str | None = None) -> torch.Tensor:
     """Next-token log-probabilities [N, V] (fp32, input order) after each prompt under α."""
+    pair = pair.one_pair("next_token_logprobs")
     _, token_lists = prepare(pair, prompts, chat=chat, system_prompt=system_prompt)
     alphas = layer_alphas(alpha, pair.n_layers)
     out = None

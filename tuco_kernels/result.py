@@ -61,6 +61,8 @@ class TuCoResult:
     tokens: N lists of token strings beside ``token_tuco`` (``token_map=True``).
     columns: N dicts of the labels carried with the prompts (extra CSV columns, JSONL fields, DataFrame columns;
         the same names in every row), else None.
+    finetuned: N names of the fine-tune each row scored (a pair set, ``load_pair(base, [a, b])``: every prompt
+        once per fine-tune, fine-tune by fine-tune), else None.
     run: how the run went (:class:`RunInfo`).
     """
 
@@ -79,6 +81,48 @@ class TuCoResult:
     texts: list | None = None
     tokens: list | None = None
     columns: list | None = None
+    finetuned: list | None = None
+
+    @classmethod
+    def concat(cls, results: list[TuCoResult], *, finetuned: list[str]) -> TuCoResult:
+        """One result of the rows of ``results`` in order, the rows of ``results[k]`` named ``finetuned[k]``."""
+        first = results[0]
+
+        def arrays(name):
+            parts = [getattr(r, name) for r in results]
+            return None if parts[0] is None else np.concatenate(parts)
+
+        def lists(name):
+            parts = [getattr(r, name) for r in results]
+            return None if parts[0] is None else [v for part in parts for v in part]
+
+        out = cls(ids=lists("ids"), tuco=arrays("tuco"), n_tokens=arrays("n_tokens"), alpha=first.alpha,
+                  ptc_l1=arrays("ptc_l1"), ftc_l1=arrays("ftc_l1"), beta=arrays("beta"),
+                  token_tuco=lists("token_tuco"), output_co=arrays("output_co"), status=lists("status"),
+                  truncated_from=lists("truncated_from"), run=first.run, texts=lists("texts"), tokens=lists("tokens"),
+                  columns=lists("columns"), finetuned=[name for name, r in zip(finetuned, results) for _ in r.ids])
+        return out
+
+    def by_finetuned(self) -> dict[str, TuCoResult]:
+        """The rows of each fine-tune (a pair set's result) as its own result, by name, in order."""
+        if self.finetuned is None:
+            raise ValueError("this result scored one fine-tune (its finetuned is None)")
+        names = list(dict.fromkeys(self.finetuned))
+        return {name: self.rows([i for i, f in enumerate(self.finetuned) if f == name]) for name in names}
+
+    def rows(self, index: list[int]) -> TuCoResult:
+        """A result of the rows at ``index`` (positions), in that order."""
+        def take(value):
+            if value is None:
+                return None
+            return value[index] if isinstance(value, np.ndarray) else [value[i] for i in index]
+
+        return dataclasses.replace(self, ids=take(self.ids), tuco=take(self.tuco), n_tokens=take(self.n_tokens),
+                                   ptc_l1=take(self.ptc_l1), ftc_l1=take(self.ftc_l1), beta=take(self.beta),
+                                   token_tuco=take(self.token_tuco), output_co=take(self.output_co),
+                                   status=take(self.status), truncated_from=take(self.truncated_from),
+                                   texts=take(self.texts), tokens=take(self.tokens), columns=take(self.columns),
+                                   finetuned=take(self.finetuned))
 
     @property
     def ok(self) -> np.ndarray:
@@ -114,12 +158,14 @@ class TuCoResult:
         return len(self.ids)
 
     def to_records(self) -> list[dict]:
-        """One plain dict per prompt (JSON-serialisable): id, text, the prompts' labels, tuco, preco, n_tokens, status
-        and what was asked for. A number that is not finite is None (JSON null), never NaN."""
+        """One plain dict per prompt (JSON-serialisable): id, the fine-tune (a pair set's ``finetuned``), text, the
+        prompts' labels, tuco, preco, n_tokens, status and what was asked for. A number that is not finite is None (JSON null), never NaN."""
         out = []
         ok = self.ok
         for i, pid in enumerate(self.ids):
             rec = {"id": pid}
+            if self.finetuned is not None:
+                rec["finetuned"] = self.finetuned[i]
             if self.texts is not None:
                 rec["text"] = self.texts[i]
             if self.columns is not None:

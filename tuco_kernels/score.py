@@ -2,7 +2,8 @@
 
 The steps are public so that other drivers (sharded datasets) score the same micro-batches the same way:
 :func:`plan_batches` (memory plan and micro-batches), :func:`group_batches` (the schedule), :func:`score_groups`
-(the engine, yielding :class:`BatchScores`) and :func:`assemble` (one result in input order).
+(the engine, yielding :class:`BatchScores`) and :func:`assemble` (one result in input order; :func:`assemble_sides`
+for a pair set, one block of rows per fine-tune).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def score(pair, prompts, *, alpha=1.0, chat: bool | None = None, system_prompt: 
     prof = StreamProfile() if profile else None
     if budget is not None:
         torch.cuda.reset_peak_memory_stats(pair.device)
-    bar = _progress(progress, len(records), pair.n_layers, len(groups), schedule)
+    bar = _progress(progress, len(records), pair.n_layers, len(groups), schedule, sides=len(pair.sides))
 
     def after_layer(l):
         if budget is not None:
@@ -91,7 +92,7 @@ def score(pair, prompts, *, alpha=1.0, chat: bool | None = None, system_prompt: 
     for part in score_groups(pair, groups, alphas=alphas, layers=layers, token_map=token_map, output_co=output_co,
                              spill=plan.spill, backend=backend, profile=prof, on_layer=after_layer, labels=labels):
         parts.append(part)
-        done += len(part.indices)
+        done += len(part.indices) if part.side == 0 else 0   # a pair set's sides finish a group together
         if bar is not None:
             bar.set_postfix_str(f"{done}/{len(records)} prompts", refresh=False)
     if bar is not None:
@@ -99,8 +100,18 @@ def score(pair, prompts, *, alpha=1.0, chat: bool | None = None, system_prompt: 
     run = RunInfo(schedule=schedule, offload=pair.offload, plan=plan, sweeps=len(groups), profile=prof,
                   rendering=rendering(pair.tokenizer, chat, system_prompt),
                   peak_gpu_memory=torch.cuda.max_memory_allocated(pair.device) if budget is not None else None)
-    return assemble(records, token_lists, alphas, parts, layers=layers, token_map=token_map, output_co=output_co,
-                    run=run, tokenizer=pair.tokenizer)
+    return assemble_sides(pair, records, token_lists, alphas, parts, layers=layers, token_map=token_map,
+                          output_co=output_co, run=run)
+
+
+def assemble_sides(pair, records, token_lists, alphas, parts: list[BatchScores], **options) -> TuCoResult:
+    """:func:`assemble` for a pair; for a :class:`~tuco_kernels.core.pair_set.PairSet`, one result per fine-tune
+    joined fine-tune by fine-tune, each row named in ``finetuned`` (``pair.side_names``)."""
+    if pair.side_names is None:
+        return assemble(records, token_lists, alphas, parts, tokenizer=pair.tokenizer, **options)
+    results = [assemble(records, token_lists, alphas, [p for p in parts if p.side == k], tokenizer=pair.tokenizer,
+                        **options) for k in range(len(pair.side_names))]
+    return TuCoResult.concat(results, finetuned=pair.side_names)
 
 
 @dataclass
@@ -114,6 +125,7 @@ class BatchScores:
     output_co: np.ndarray | None = None  # [b]
     nonfinite_layer: np.ndarray | None = None  # [b]: first layer with a NaN/inf block output, −1 none, −2 embedding
     nonfinite_side: np.ndarray | None = None   # [b]: 0 the pre-trained block, 1 the fine-tuned one
+    side: int = 0                       # which fine-tune of a PairSet (``pair.sides[side]``); 0 for a pair
 
 
 def plan_batches(pair, token_lists: list[list[int]], *, batch_tokens: int, budget: int | None,
@@ -168,13 +180,16 @@ def _score_group(pair, group: list[Batch], alphas, options: dict, labels) -> Ite
                                     f"(--dtype)") from None
         yield from _score_group(pair, [half for b in group for half in split_batch(b)], alphas, options, labels)
         return
-    for batch, dec in zip(group, decs):
-        yield _batch_scores(batch, dec, layers=o["layers"], token_map=o["token_map"], output_co=o["output_co"])
+    for i, dec in enumerate(decs):   # side-major: side k's batches are decs[k * len(group):(k + 1) * len(group)]
+        side, batch = divmod(i, len(group))
+        yield _batch_scores(group[batch], dec, layers=o["layers"], token_map=o["token_map"],
+                            output_co=o["output_co"], side=side)
 
 
-def _batch_scores(batch: Batch, dec, *, layers: bool, token_map: bool, output_co: bool) -> BatchScores:
+def _batch_scores(batch: Batch, dec, *, layers: bool, token_map: bool, output_co: bool,
+                  side: int = 0) -> BatchScores:
     ptc, ftc = dec.sums_at_last()
-    out = BatchScores(list(batch.indices), tuco_from_sums(ptc, ftc).cpu().numpy(),
+    out = BatchScores(list(batch.indices), tuco_from_sums(ptc, ftc).cpu().numpy(), side=side,
                       nonfinite_layer=dec.nonfinite_layer.cpu().numpy(), nonfinite_side=dec.nonfinite_side.cpu().numpy())
     if layers:
         out.norms = dec.layer_norms.double().cpu().numpy()
@@ -248,13 +263,14 @@ def assemble(records, token_lists, alphas, parts: list[BatchScores], *, layers: 
     return result
 
 
-def _progress(enabled: bool, n_prompts: int, n_layers: int, n_groups: int, schedule: str):
+def _progress(enabled: bool, n_prompts: int, n_layers: int, n_groups: int, schedule: str, sides: int = 1):
     """A bar that moves every layer (a micro-batch or sweep through one layer), with the prompts done beside it."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
     what = "sweep" if schedule == "layer" else "batch"
+    fine_tunes = f", {sides} fine-tunes each" if sides > 1 else ""
     return tqdm(total=n_layers * n_groups, unit="layer", dynamic_ncols=True, postfix=f"0/{n_prompts} prompts",
                 desc=f"scoring ({n_groups} {what}{'es' if what == 'batch' and n_groups != 1 else ''}"
-                     f"{'s' if what == 'sweep' and n_groups != 1 else ''} × {n_layers} layers)")
+                     f"{'s' if what == 'sweep' and n_groups != 1 else ''} × {n_layers} layers{fine_tunes})")

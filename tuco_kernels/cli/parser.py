@@ -87,8 +87,10 @@ def _add_model_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("models")
     g.add_argument("--pretrained", metavar="MODEL", help="pre-trained model: a directory, a .gguf file or a hub id "
                                                          "(with --finetuned; neither: the default gemma-3-270m pair)")
-    g.add_argument("--finetuned", metavar="MODEL", help="fine-tuned model: a directory, .gguf file, hub id or PEFT "
-                                                        "adapter")
+    g.add_argument("--finetuned", metavar="MODEL", action="append",
+                   help="fine-tuned model: a directory, .gguf file, hub id or PEFT adapter; tuco score takes it several "
+                        "times to score every fine-tune against the one pre-trained model in one sweep per layer (LoRA "
+                        "adapters on one copy of the base), one row per prompt and fine-tune (column finetuned)")
     g.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory or hub id (default: the fine-tuned side's)")
     g.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoints' own)")
     g.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is a GPU, else cpu)")

@@ -29,10 +29,14 @@ def n_layers_of(args) -> int | None:
     """The fine-tuned side's layer count from its config (no weights read); None when it cannot be told yet."""
     if args.pretrained is None:
         return None   # the default pair: known once fetched, checked by the scoring itself
-    adapter = is_adapter_dir(args.finetuned)
-    if adapter:
-        read_adapter_config(args.finetuned)
-    return n_layers_of_config(read_config(args.pretrained if adapter else args.finetuned))
+    finetuned = args.finetuned if isinstance(args.finetuned, list) else [args.finetuned]
+    counts = {}
+    for source in finetuned:   # every side's config read (and named when broken) before any weights load
+        adapter = is_adapter_dir(source)
+        if adapter:
+            read_adapter_config(source)
+        counts[source] = n_layers_of_config(read_config(args.pretrained if adapter else source))
+    return counts[finetuned[0]]
 
 
 def one_process(what: str, instead: str) -> bool:
@@ -49,13 +53,29 @@ def one_process(what: str, instead: str) -> bool:
     return False
 
 
+def one_or_several_finetuned(args) -> None:
+    """``args.finetuned`` as load_pair takes it: one --finetuned a string, several a list (tuco score only)."""
+    given = args.finetuned
+    if not isinstance(given, list):
+        return
+    if len(given) == 1:
+        args.finetuned = given[0]
+    elif args.command != "score":
+        raise OptionError(f"tuco {args.command} takes one --finetuned, got {len(given)} ({', '.join(given)}); "
+                          f"tuco score scores several against one --pretrained, or run tuco {args.command} once per "
+                          f"fine-tune")
+
+
 def check_model_args(args, alphas) -> None:
     """The model options (both sides or neither, hub ids resolved, dtype, device, kernel backend) and α against the
     config's layer count, before any model loads."""
+    one_or_several_finetuned(args)
     if (args.pretrained is None) != (args.finetuned is None):
         raise OptionError("give both --pretrained and --finetuned, or neither (the default gemma-3-270m pair)")
     # hub ids resolved to their local snapshots once, here, so that a missing model is named before anything loads
-    args.pretrained, args.finetuned = hub.local_source(args.pretrained), hub.local_source(args.finetuned)
+    args.pretrained = hub.local_source(args.pretrained)
+    args.finetuned = ([hub.local_source(f) for f in args.finetuned] if isinstance(args.finetuned, list)
+                      else hub.local_source(args.finetuned))
     args.tokenizer = hub.local_source(args.tokenizer)
     parse_dtype(args.dtype)
     parse_device(default_device(args.device))

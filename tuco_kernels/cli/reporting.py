@@ -30,7 +30,8 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("scores", nargs="+", metavar="SCORES", help="score files: .csv, .jsonl or .parquet")
     p.add_argument("--out", required=True, help="the HTML file to write (written atomically)")
     g = p.add_argument_group("groups")
-    g.add_argument("--group", metavar="COLUMN", help="group rows by this column's values (default: one group per file)")
+    g.add_argument("--group", metavar="COLUMN", help="group rows by this column's values (default: one group per "
+                                                     "file, or per fine-tune when every file has a finetuned column)")
     g.add_argument("--names", metavar="A,B,...",
                    help="names of the per-file groups, in file order (default: file stems)")
     c = p.add_argument_group("comparison")

@@ -28,14 +28,20 @@ def cmd_score(args) -> int:
     if args.max_gpu_memory and device.type != "cuda":
         raise OptionError(f"--max-gpu-memory {args.max_gpu_memory} is a budget for a CUDA device, but the device is "
                           f"{device}")
+    if sharded and isinstance(args.finetuned, list):
+        raise OptionError(f"--out {args.out} (a directory: sharded, resumable) scores one --finetuned, got "
+                          f"{len(args.finetuned)}; write several fine-tunes to one file (--out scores.parquet), or "
+                          f"run once per fine-tune into its own directory")
     if sharded:  # --out DIR/: sharded and resumable, torchrun-aware
         return cmd_score_dataset(args, lambda a: (load(a), prompts))
     check_file_out_args(args)
     per_row = 160 + (3 * 24 * 64 if args.layers else 0) + (4000 if args.token_map else 0)
+    sides = len(args.finetuned) if isinstance(args.finetuned, list) else 1
     with OutputTarget(args.out, inputs=[args.prompts], force=args.force,
-                      estimated_bytes=estimated_bytes(len(prompts), per_row)) as target:
+                      estimated_bytes=estimated_bytes(len(prompts) * sides, per_row)) as target:
         pair = load(args)
-        print(f"tuco: {pair}; {len(prompts)} prompts from {args.prompts}", file=sys.stderr)
+        each = f" (each scored by {sides} fine-tunes, {len(prompts) * sides} rows)" if sides > 1 else ""
+        print(f"tuco: {pair}; {len(prompts)} prompts from {args.prompts}{each}", file=sys.stderr)
         with pair:
             result = score(pair, prompts, alpha=args.alpha, chat=args.chat, system_prompt=args.system_prompt,
                            batch_tokens=args.batch_tokens, layers=args.layers, output_co=args.output_co,
@@ -59,6 +65,12 @@ def print_summary(args, pair, result) -> None:
     if result.truncated_from is not None:
         rows.append(("truncated", f"{sum(1 for t in result.truncated_from if t)} prompt(s) cut to the model's "
                                   f"positions (column truncated_from)"))
+    if result.finetuned is not None:   # a pair set: each fine-tune's own numbers
+        rows[1:3] = [(f"TuCo mean ± sd, min / max [{name}]",
+                      f"{t['tuco_mean']:.4f} ± {t['tuco_sd']:.4f}, {t['tuco_min']:.4f} / {t['tuco_max']:.4f}")
+                     for name, t in ((name, part.summary()) for name, part in result.by_finetuned().items())]
+        rows[0] = ("rows", f"{s['n']} ({s['n'] // len(pair.sides)} prompts × {len(pair.sides)} fine-tunes)"
+                   + (f", {s['flagged']} flagged, not averaged" if s["flagged"] else ""))
     if args.profile:
         rows += result.run.lines()
     width = max(len(k) for k, _ in rows)
@@ -68,5 +80,6 @@ def print_summary(args, pair, result) -> None:
         hint = ""
         if str(pair.dtype) == "torch.float16" and any("non-finite" in result.status[i] for i in result.flagged):
             hint = "; float16 overflows easily: try --dtype bfloat16 or float32"
-        print(f"tuco: warning: {s['flagged']} of {s['n']} prompts have no usable TuCo (status column); the first, id "
-              f"{result.ids[first]!r}: {result.status[first]}{hint}", file=sys.stderr)
+        who = f" scored by {result.finetuned[first]}" if result.finetuned is not None else ""
+        print(f"tuco: warning: {s['flagged']} of {s['n']} rows have no usable TuCo (status column); the first, id "
+              f"{result.ids[first]!r}{who}: {result.status[first]}{hint}", file=sys.stderr)

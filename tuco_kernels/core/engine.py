@@ -196,19 +196,26 @@ def decompose_sweep(pair, batches, alphas: list[float], *, layers: bool = False,
     ``batches`` are (input_ids, attention_mask) pairs. One batch is the prompt-major step; both schedules
     run this same code, so they give the same numbers. ``spill`` keeps the hidden states in pinned host
     memory between layers; ``own_pt`` also runs the pre-trained model's own stream (OutputCo).
+
+    A pair with several sides (:class:`~tuco_kernels.core.pair_set.PairSet`: one base, several fine-tunes) runs
+    every side's own stream of every batch through each layer while it is there; the result is side-major (side 0's
+    batches, then side 1's, ...), each side's numbers those of its pair alone. The pre-trained model's own stream
+    (``own_pt``) does not depend on the fine-tune: it runs once, on side 0, and every side's OutputCo reads it.
     """
-    rows = [_Rows(pair, ids, mask, layers=layers, token_map=token_map, own_pt=own_pt, spill=spill)
-            for ids, mask in batches]
+    sides = pair.sides
+    rows = [(k, _Rows(side, ids, mask, layers=layers, token_map=token_map, own_pt=own_pt and k == 0, spill=spill))
+            for k, side in enumerate(sides) for ids, mask in batches]
     mover = _Spill(pair.device) if spill else None
-    for l, run_pt, run_ft in pair.layers(profile):
+    for l, runners in pair.side_layers(profile):
         if mover is not None:
-            mover.prefetch(rows[0])
-        for i, r in enumerate(rows):
+            mover.prefetch(rows[0][1])
+        for i, (k, r) in enumerate(rows):
+            run_pt, run_ft = runners[k]
             if mover is None:
                 r.x, r.x_pt = r.step(l, run_pt, run_ft, alphas[l], backend, r.x, r.x_pt)
                 continue
             if i + 1 < len(rows):
-                mover.prefetch(rows[i + 1])  # its upload overlaps this micro-batch's compute
+                mover.prefetch(rows[i + 1][1])  # its upload overlaps this micro-batch's compute
             x, x_pt = (mover.take(r) + [None])[:2]
             x, x_pt = r.step(l, run_pt, run_ft, alphas[l], backend, x, x_pt)
             mover.put_back(r, [x] if x_pt is None else [x, x_pt])
@@ -216,7 +223,11 @@ def decompose_sweep(pair, batches, alphas: list[float], *, layers: bool = False,
             on_layer(l)
     if mover is not None:
         mover.drain()
-    return [r.finish(keep_final) for r in rows]
+    out = [r.finish(keep_final) for _, r in rows]
+    if own_pt:   # the pre-trained model's own x_L, computed with side 0's batches, for every side
+        for i, dec in enumerate(out[len(batches):], start=len(batches)):
+            dec.x_pt_final = out[i % len(batches)].x_pt_final
+    return out
 
 
 @torch.no_grad()

@@ -24,6 +24,8 @@ from .reuse import ProjectionReuse
 
 #: (layer index, run the pre-trained block, run the fine-tuned block): ``run(x, **block_kwargs) -> out``
 LayerRunners = tuple[int, Callable[..., torch.Tensor], Callable[..., torch.Tensor]]
+#: (layer index, one (run the pre-trained block, run the fine-tuned block) per fine-tuned side, see ``sides``)
+SideRunners = tuple[int, list[tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]]]
 
 
 class ModelPair:
@@ -45,6 +47,23 @@ class ModelPair:
     def layers(self, profile=None) -> Iterator[LayerRunners]:
         """Every layer in order, both blocks ready to run on the device (``profile``: a StreamProfile or None)."""
         raise NotImplementedError
+
+    @property
+    def sides(self) -> list[ModelPair]:
+        """The (pre-trained, fine-tuned) pairs one sweep scores: this pair; a :class:`PairSet`'s pairs."""
+        return [self]
+
+    #: what each side is called in the results' ``finetuned`` column (a :class:`PairSet`'s); None for one pair
+    side_names: list[str] | None = None
+
+    def one_pair(self, what: str) -> ModelPair:
+        """This pair, for what runs one fine-tune (``what``: steering, generation, lm-eval); a pair set refuses."""
+        return self
+
+    def side_layers(self, profile=None) -> Iterator[SideRunners]:
+        """Every layer in order with each side's two runners (:meth:`layers` for a pair with one side)."""
+        for l, run_pt, run_ft in self.layers(profile):
+            yield l, [(run_pt, run_ft)]
 
     def pretrained_frame(self) -> nn.Module:
         """The pre-trained model with at least its embedding, final norm and head in memory (for OutputCo)."""
@@ -100,15 +119,22 @@ class ResidentPair(ModelPair):
     reuse: ProjectionReuse | None = None
 
     def layers(self, profile=None) -> Iterator[LayerRunners]:
-        for l, (pt_block, ft_block) in enumerate(zip(self.family.layers(self.pretrained),
-                                                     self.family.layers(self.finetuned))):
-            if self.reuse is None:
-                yield l, pt_block, ft_block
-                continue
-            with self.reuse.around(pt_block, pt_block, ft_block) as (run_pt, run_ft):
-                yield l, run_pt, run_ft
+        blocks = zip(self.family.layers(self.pretrained), self.family.layers(self.finetuned))
+        for l, [(run_pt, run_ft)] in with_reuse(self.reuse, ((l, pt, pt, [ft]) for l, (pt, ft) in enumerate(blocks))):
+            yield l, run_pt, run_ft
 
     def device_bytes(self, *, own_pt: bool = False) -> int:
         """Each tensor once: a shared LoRA pair's fine-tuned side holds the pre-trained weights plus its adapter."""
         unique = {p.data_ptr(): p for m in (self.pretrained, self.finetuned) for p in m.parameters()}
         return sum(p.numel() * p.element_size() for p in unique.values())
+
+
+def with_reuse(reuse: ProjectionReuse | None, layers) -> Iterator[SideRunners]:
+    """``layers``: (l, the pre-trained block module, run it, [run each side's fine-tuned block]) per layer; yields
+    (l, [(run_pt, run_ft) per side]), the runners answering through ``reuse`` (core/reuse.py) when there is one."""
+    for l, pt_block, run_pt, run_fts in layers:
+        if reuse is None:
+            yield l, [(run_pt, run_ft) for run_ft in run_fts]
+            continue
+        with reuse.around(pt_block, run_pt, run_fts) as (pt, fts):
+            yield l, [(pt, ft) for ft in fts]

@@ -33,14 +33,15 @@ class ProjectionReuse:
         self.hits = self.calls = 0
 
     @contextmanager
-    def around(self, pt_block: nn.Module, run_pt, run_ft):
-        """(run_pt, run_ft) for one layer, the pre-trained block's leaf modules answering through this object
-        (``run_pt``/``run_ft``: the blocks, or a streamer's runners of them)."""
+    def around(self, pt_block: nn.Module, run_pt, run_fts: list):
+        """(run_pt, [run_ft, ...]) for one layer, the pre-trained block's leaf modules answering through this object
+        (``run_pt``/``run_fts``: the blocks, or a streamer's runners of them; several fine-tuned blocks, one per
+        adapter on the same base: each call of one reuses what the pre-trained block's call just before it kept)."""
         linears = [m for m in pt_block.modules() if not m._modules and "forward" not in vars(m)]
         for m in linears:
             m.forward = partial(self._call, m)
         try:
-            yield partial(self._run, "record", run_pt), partial(self._run, "reuse", run_ft)
+            yield partial(self._run, "record", run_pt), [partial(self._run, "reuse", run_ft) for run_ft in run_fts]
         finally:
             for m in linears:
                 del m.forward

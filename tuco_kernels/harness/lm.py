@@ -71,6 +71,7 @@ class LMEvalModel(HFLM):
                  prefix_token_id: int | None = None, softmax_dtype=None, truncation: bool = False):
         if not isinstance(pair, ModelPair):
             raise TucoError(f"LMEvalModel needs a pair from tk.load_pair, got {type(pair).__name__}")
+        pair = pair.one_pair("LMEvalModel")
         if pair.tokenizer is None:
             raise TucoError("LMEvalModel needs the pair's tokenizer (load_pair(..., tokenizer=...)): lm-eval sends text")
         if getattr(pair, "closed", False):

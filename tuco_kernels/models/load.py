@@ -49,7 +49,9 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
         pretrained, finetuned: local directories, ``.gguf`` paths, hub ids (``org/name`` or ``org/name@revision``,
             from the local HF cache when ``HF_HUB_OFFLINE=1``; see :mod:`tuco_kernels.models.hub`) or
             ``PreTrainedModel`` objects; the fine-tuned side may be a PEFT adapter (directory or hub id), see
-            ``lora``.
+            ``lora``. A list of fine-tuned models gives a :class:`~tuco_kernels.core.pair_set.PairSet`: each
+            scored against the one base in the same sweep per layer (LoRA adapters all shared on one base copy),
+            one result row per prompt and fine-tune (``finetuned`` column; models/load_set.py).
         tokenizer: a tokenizer or a directory; default: the fine-tuned side's, else the pre-trained side's.
         dtype: "float32", "bfloat16", "float16" or a torch dtype; default: the checkpoints' own (the fine-tuned
             one's if they differ).
@@ -72,6 +74,12 @@ def load_pair(pretrained=None, finetuned=None, *, tokenizer=None, dtype=None, de
     """
     if lora not in LORA_MODES:
         raise OptionError(f"unknown lora mode {lora!r}; use one of {', '.join(LORA_MODES)}")
+    if isinstance(finetuned, (list, tuple)):   # several fine-tunes against one base: a PairSet
+        from .load_set import load_pair_set   # (load_set builds on this module's loaders)
+
+        return load_pair_set(pretrained, list(finetuned), tokenizer=tokenizer, dtype=dtype, device=device,
+                             gguf_file=gguf_file, allow_pickle=allow_pickle, attn_implementation=attn_implementation,
+                             offload=offload, max_gpu_memory=max_gpu_memory, prefetch=prefetch, lora=lora)
     if pretrained is None and finetuned is None:   # the default pair, fp32 unless asked otherwise
         with quiet_hf_progress():   # the first use converts the GGUF; the stage line says so, not HF's bar
             pretrained, finetuned = default_pair.paths()
@@ -198,7 +206,7 @@ def load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
     return pair
 
 
-def _tensor_source(model, gguf, *, side: str, offload: str, allow_pickle: bool, dtype, attn_implementation):
+def tensor_source(model, gguf, *, side: str, offload: str, allow_pickle: bool, dtype, attn_implementation):
     """(tensor source, config) of one side."""
     if isinstance(model, torch.nn.Module):
         if offload == "disk":
@@ -225,7 +233,7 @@ def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
     device = device or "cpu"
     opts = dict(offload=offload, allow_pickle=allow_pickle, dtype=dtype, attn_implementation=attn_implementation)
     if shared:
-        pt_source, pc = _tensor_source(pretrained, g_pt, side="pre-trained", **opts)
+        pt_source, pc = tensor_source(pretrained, g_pt, side="pre-trained", **opts)
         ft_tok, pt_tok = tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft)
         adapter_dir = Path(os.fspath(finetuned))
         where = "page-locked host memory" if offload == "cpu" else "the safetensors files (read per layer)"
@@ -235,13 +243,13 @@ def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
                                  offload=offload, prefetch=prefetch, attn_implementation=attn_implementation,
                                  shared=lambda frame: streamed_finetuned(frame, adapter_dir, allow_pickle, device))
     adapter = LoraAdapter(Path(os.fspath(finetuned))) if is_adapter_dir(finetuned) else None
-    pt_source, pc = _tensor_source(pretrained, g_pt, side="pre-trained", **opts)
+    pt_source, pc = tensor_source(pretrained, g_pt, side="pre-trained", **opts)
     if adapter is not None:
         adapter.check_fits({n: pt_source.spec(n)[1] for n in pt_source.names()}, str(pretrained))
     if adapter is not None:
         ft_source, fc = None, pc
     else:
-        ft_source, fc = _tensor_source(finetuned, g_ft, side="fine-tuned", **opts)
+        ft_source, fc = tensor_source(finetuned, g_ft, side="fine-tuned", **opts)
     ft_tok, pt_tok = tokenizers_for(tokenizer, pretrained, finetuned, g_pt, g_ft)
     where = "page-locked host memory" if offload == "cpu" else "the safetensors files (read per layer)"
     with quiet_hf_progress(), stage(f"preparing the streamed pair: block weights in {where}"):
@@ -250,7 +258,7 @@ def load_streamed(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
                              attn_implementation=attn_implementation)
 
 
-def _model_bytes(model, gguf, dtype) -> int:
+def model_bytes(model, gguf, dtype) -> int:
     """Parameter bytes of one side at ``dtype`` (default: as stored), without reading any weights."""
     if isinstance(model, torch.nn.Module):
         return sum(p.numel() * (dtype or p.dtype).itemsize for p in model.parameters())
@@ -277,8 +285,8 @@ def choose_offload(pretrained, finetuned, max_gpu_memory, device, dtype, g_pt=No
     budget = parse_size(max_gpu_memory)
     if budget is None:
         return "none"
-    pt = _model_bytes(pretrained, g_pt, dtype)
-    ft = 0 if is_adapter_dir(finetuned) else _model_bytes(finetuned, g_ft, dtype)
+    pt = model_bytes(pretrained, g_pt, dtype)
+    ft = 0 if is_adapter_dir(finetuned) else model_bytes(finetuned, g_ft, dtype)
     if pt + (ft or (0 if shared else pt)) <= 0.75 * budget:
         return "none"
     return "cpu" if pt + ft <= 0.9 * host_memory_available() else "disk"

@@ -9,6 +9,7 @@ models at a time. :func:`streamed_pair` builds one from any two tensor sources; 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -17,7 +18,8 @@ from torch import nn
 from ..core.chain import prove_chain
 from ..core.compat import check_compatible, check_configs
 from ..core.families import Family, find_family
-from ..core.pair import ModelPair
+from ..core.pair import ModelPair, with_reuse
+from ..core.pair_set import PairSet
 from ..core.reuse import ProjectionReuse
 from ..errors import TucoError
 from .checkpoint import TensorSource
@@ -34,9 +36,9 @@ class StreamedPair(ModelPair):
     """
 
     def __init__(self, pretrained: nn.Module, finetuned: nn.Module, tokenizer, family: Family, *, offload: str,
-                 streamer: LayerStreamer, materialize_pretrained: Callable[[], object]):
+                 streamer: LayerStreamer, materialize_pretrained: Callable[[], object], side: int = 0):
         super().__init__(pretrained, finetuned, tokenizer, family)
-        self.offload, self.streamer = offload, streamer
+        self.offload, self.streamer, self.side = offload, streamer, side
         self._materialize_pretrained: Callable[[], object] | None = materialize_pretrained
         self.closed = False
 
@@ -51,14 +53,15 @@ class StreamedPair(ModelPair):
     def layers(self, profile=None):
         self._check_open()
         if self.reuse is None:
-            return self.streamer.layers(profile)
+            return self.streamer.layers(profile, side=self.side)
         return self._reusing(profile)
 
     def _reusing(self, profile):
         blocks = self.family.layers(self.pretrained)
-        for l, run_pt, run_ft in self.streamer.layers(profile):
-            with self.reuse.around(blocks[l], run_pt, run_ft) as (pt, ft):
-                yield l, pt, ft
+        layers = ((l, blocks[l], run_pt, [run_ft])
+                  for l, run_pt, run_ft in self.streamer.layers(profile, side=self.side))
+        for l, [(run_pt, run_ft)] in with_reuse(self.reuse, layers):
+            yield l, run_pt, run_ft
 
     def pretrained_frame(self) -> nn.Module:
         if self._materialize_pretrained is not None:
@@ -141,21 +144,61 @@ def streamed_pair(pt_source: TensorSource, pc, ft_source: TensorSource | None, f
 def _shared_streamed_pair(pt_frame, family, pt_source, shared, *, tokenizers, device, target, offload,
                           prefetch) -> StreamedPair | str:
     """The pre-trained frame (embedding, norm, head read once) and PEFT's model around it; blocks streamed once."""
+    pairs = _shared_sides(pt_frame, family, pt_source, [shared], tokenizers=tokenizers, device=device, target=target,
+                          offload=offload, prefetch=prefetch)
+    return pairs[1] if isinstance(pairs, tuple) else pairs[0]
+
+
+def _shared_sides(pt_frame, family, pt_source, builders, *, tokenizers, device, target, offload,
+                  prefetch) -> list[StreamedPair] | tuple[int, str]:
+    """One StreamedPair per adapter builder, all on ``pt_frame`` and one streamer (its ``ft_sides``); or (k, why
+    builder k's adapter cannot be placed on the frame)."""
     materialize_outer(pt_frame, family, pt_source, device, target)
-    ft_frame, why_not = shared(pt_frame)
-    if ft_frame is None:
-        return why_not
+    frames = []
+    for k, build in enumerate(builders):
+        ft_frame, why_not = build(pt_frame)
+        if ft_frame is None:
+            return k, why_not
+        frames.append(ft_frame)
     ft_tok, pt_tok = tokenizers
-    check_compatible(pt_frame, ft_frame, pt_tok, ft_tok)
+    for ft_frame in frames:
+        check_compatible(pt_frame, ft_frame, pt_tok, ft_tok)
     streamer = LayerStreamer(skeleton=pt_frame, family=family, pt_source=pt_source, ft_source=None, adapter=None,
                              device=device, dtype=target, offload=offload, prefetch=prefetch,
-                             ft_blocks=family.layers(ft_frame))
+                             ft_sides=[family.layers(f) for f in frames])
+    pairs = []
     try:
-        family = prove_chain(ft_frame, family, runners=streamer.layers).family
+        for k, ft_frame in enumerate(frames):
+            side_family = prove_chain(ft_frame, family, runners=functools.partial(streamer.layers, side=k)).family
+            pair = StreamedPair(pt_frame, ft_frame, ft_tok, side_family, offload=offload, streamer=streamer,
+                                materialize_pretrained=lambda: None, side=k)
+            pair.reuse = ProjectionReuse()
+            pairs.append(pair)
     except BaseException:
         streamer.close()
         raise
-    pair = StreamedPair(pt_frame, ft_frame, ft_tok, family, offload=offload, streamer=streamer,
-                        materialize_pretrained=lambda: None)
-    pair.reuse = ProjectionReuse()
-    return pair
+    return pairs
+
+
+def streamed_pair_set(pt_source: TensorSource, pc, builders: list, names: list[str], *, tokenizers=(None, None),
+                      dtype=None, device="cpu", offload="cpu", prefetch=True,
+                      attn_implementation=None) -> PairSet | tuple[int, str]:
+    """Several LoRA adapters shared on one streamed base (``load_pair(base, [a, b], offload=...)``): a
+    :class:`~tuco_kernels.core.pair_set.PairSet` whose one streamer brings each base layer once per layer visit for
+    every adapter's PEFT block (``builders``: like :func:`streamed_pair`'s ``shared``, one per adapter); or (k, why
+    adapter k cannot be shared streamed)."""
+    device = torch.device(device)
+    target = dtype or _stored_dtype(pc, pt_source)
+    pt_frame = empty_model(pc, target, attn_implementation)
+    family = find_family(pt_frame)
+    pairs = _shared_sides(pt_frame, family, pt_source, builders, tokenizers=tokenizers, device=device, target=target,
+                          offload=offload, prefetch=prefetch)
+    if isinstance(pairs, tuple):
+        return pairs
+    streamer, blocks = pairs[0].streamer, family.layers(pt_frame)
+
+    def layer_source(profile):
+        for l, run_pt, run_fts in streamer.layers(profile, side=None):
+            yield l, blocks[l], run_pt, run_fts
+
+    return PairSet(pairs, names, layer_source=layer_source, reuse=ProjectionReuse())

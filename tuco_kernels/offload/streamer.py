@@ -202,13 +202,14 @@ class LayerStreamer:
 
     def __init__(self, *, skeleton, family, pt_source: TensorSource, ft_source: TensorSource | None,
                  adapter: LoraAdapter | None, device, dtype: torch.dtype, offload: str, prefetch: bool = True,
-                 ft_blocks=None):
+                 ft_sides=None):
         """``prefetch`` (copy layer l+1 while layer l computes) is an attribute that may be changed between
         passes: False copies each layer on the compute stream when it is needed (the serial baseline).
 
-        ``ft_blocks`` (a shared LoRA pair, models/shared.py): the fine-tuned blocks are PEFT's modules around the
-        skeleton's own; they run on the pre-trained layer's weights (under their ``base_layer`` names) and their
-        adapter tensors, which stay on the device: one model's weights move per layer, nothing is merged."""
+        ``ft_sides`` (shared LoRA pairs, models/shared.py): one list of fine-tuned blocks per adapter, PEFT's modules
+        around the skeleton's own; they run on the pre-trained layer's weights (under their ``base_layer`` names) and
+        their adapter tensors, which stay on the device: one model's weights move per layer for every adapter,
+        nothing is merged."""
         if offload not in ("cpu", "disk"):
             raise ValueError(offload)
         self.device, self.dtype, self.offload, self.prefetch = torch.device(device), dtype, offload, prefetch
@@ -226,8 +227,9 @@ class LayerStreamer:
         if ft_source is not None:
             self.hosts.append(_ModelHost(ft_source, names, self.layouts, offload, cuda, prefix, conversions))
         self.lora = self._lora_plan(adapter, names) if adapter is not None else None
-        self.ft_blocks = ft_blocks
-        self.ft_names = None if ft_blocks is None else [_base_names(b, lay) for b, lay in zip(ft_blocks, self.layouts)]
+        self.ft_sides = ft_sides
+        self.ft_names = None if ft_sides is None else [[_base_names(b, lay) for b, lay in zip(blocks, self.layouts)]
+                                                       for blocks in ft_sides]
         self.slots = ([[torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device) for _ in range(2)]
                        for _ in self.hosts] if cuda else None)
         if cuda:
@@ -348,8 +350,11 @@ class LayerStreamer:
             weights.append(self._lora_weights(l, weights[0], s))
         return weights[0], (weights[1] if len(weights) > 1 else None)
 
-    def layers(self, profile: StreamProfile | None = None):
-        """Generator over the layers; the caller's work between two ``next`` calls is layer l's compute."""
+    def layers(self, profile: StreamProfile | None = None, side: int | None = 0):
+        """Generator over the layers; the caller's work between two ``next`` calls is layer l's compute.
+
+        Yields (l, run_pt, run_ft) with ``ft_sides`` side ``side``'s fine-tuned block; ``side=None``: (l, run_pt,
+        [run_ft of every side])."""
         self.profile = profile
         cuda = self.device.type == "cuda"
         prefetch = self._prefetching = self.prefetch
@@ -377,12 +382,12 @@ class LayerStreamer:
                 t0 = time.perf_counter()
                 block = self.blocks[l]
                 try:
-                    if self.ft_blocks is not None:   # PEFT's block around the same modules, on the same weights
-                        run_ft = functools.partial(_run_block, self.ft_blocks[l],
-                                                   {n: pt_w[rel] for n, rel in self.ft_names[l]})
+                    if self.ft_sides is not None:   # PEFT's blocks around the same modules, on the same weights
+                        run_fts = [functools.partial(_run_block, blocks[l], {n: pt_w[rel] for n, rel in names[l]})
+                                   for blocks, names in zip(self.ft_sides, self.ft_names)]
                     else:
-                        run_ft = functools.partial(_run_block, block, ft_w)
-                    yield (l, functools.partial(_run_block, block, pt_w), run_ft)
+                        run_fts = [functools.partial(_run_block, block, ft_w)]
+                    yield (l, functools.partial(_run_block, block, pt_w), run_fts if side is None else run_fts[side])
                 finally:
                     if cuda:  # also when the pass is abandoned here: the slot is free once this compute is done
                         self.free[l % 2].record(compute_stream)

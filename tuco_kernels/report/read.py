@@ -278,11 +278,17 @@ def _file_names(paths: list[Path], names) -> list[str]:
     return [str(p) if named.count(n) > 1 else n for p, n in zip(paths, named)]
 
 
+#: the column naming each row's fine-tune in a pair set's scores: the groups unless others are asked for
+FINETUNED = "finetuned"
+
+
 def load_scores(paths, group: str | None = None, names=None) -> ScoreTable:
     """Read score files (.csv, .jsonl, .parquet) into one ScoreTable.
 
-    Without ``group`` each file is a group, named by ``names`` (a list or "a,b") or its file stem; with
-    ``group`` rows are grouped by that column's values (which every file must have), in order of appearance.
+    Without ``group`` each file is a group, named by ``names`` (a list or "a,b") or its file stem, except that files
+    of several fine-tunes scored against one base (a ``finetuned`` column in every file, ``tuco score --finetuned A
+    --finetuned B``) are grouped by fine-tune; with ``group`` rows are grouped by that column's values (which every
+    file must have), in order of appearance.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -290,9 +296,11 @@ def load_scores(paths, group: str | None = None, names=None) -> ScoreTable:
     if group is not None and names is not None:
         raise TucoError("--names names the files' groups; with --group the groups are the column's values")
     file_names = _file_names(paths, names)
+    raws = [_read_raw(path) for path in paths]
+    if group is None and names is None and all(FINETUNED in raw.columns for raw, _ in raws):
+        group = FINETUNED
     files, frames = [], []
-    for i, path in enumerate(paths):
-        raw, fmt = _read_raw(path)
+    for i, (path, (raw, fmt)) in enumerate(zip(paths, raws)):
         meta, sources = _read_meta(path, fmt)
         files.append(ScoreFile(path, fmt, len(raw), [str(c) for c in raw.columns], meta, sources))
         frames.append(_normalise(raw, path, i, group, file_names[i]))
