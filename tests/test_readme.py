@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.fixtures.hub_cache import cache_folder
 from tests.fixtures.tiny import build_model, perturbed_copy, tiny_config
@@ -82,6 +83,11 @@ def world(tmp_path_factory, tokenizer, gemma_tokenizer):
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
     get_peft_model(copy.deepcopy(pt), lora).save_pretrained(models / "chat-lora")
     tokenizer.save_pretrained(models / "chat-lora")
+    torch.manual_seed(7)   # a second adapter of the same base: several fine-tunes in one sweep
+    math = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "o_proj", "up_proj"],
+                      init_lora_weights=False)
+    get_peft_model(copy.deepcopy(pt), math).save_pretrained(models / "math-lora")
+    tokenizer.save_pretrained(models / "math-lora")
 
     (work / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     (work / "prompts.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n"

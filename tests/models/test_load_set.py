@@ -145,3 +145,40 @@ def test_cli_scores_several_fine_tunes_into_one_file_and_the_report_groups_them(
             refused.remove("--prompts"), refused.remove(str(prompts))
         assert main(refused) == 2
         assert f"tuco {command[0]} takes one --finetuned, got 2" in capsys.readouterr().err
+
+
+def test_a_sharded_run_of_a_set_is_the_file_run_and_resumes(tmp_path, tokenizer, capsys):
+    """--out DIR/ with several fine-tunes: each shard holds its prompts' rows of every fine-tune; the merge is the
+    file run's rows (fine-tune by fine-tune), a rerun after losing a shard scores only that one again, and a run
+    with other fine-tunes (or a shard of one) is refused by the fingerprint."""
+    from tuco_kernels.dataset import PlanMismatch, score_dataset
+    from tuco_kernels.dataset.layout import Layout
+
+    pt_dir, adapters = _adapters(tmp_path, tokenizer, ["plain", "dora", "rslora"])
+    pair = tk.load_pair(pt_dir, adapters)
+    expected = tk.score(pair, PROMPTS, chat=False, layers=True, batch_tokens=64).to_pandas()
+    out = tmp_path / "run"
+    run = score_dataset(pair, PROMPTS, out, chat=False, layers=True, batch_tokens=64, shard_tokens=64,
+                        formats=["csv"])
+    assert run.n_shards > 2 and run.fine_tunes == [str(a) for a in adapters]
+    merged = run.read()
+    assert merged["finetuned"].tolist() == expected["finetuned"].tolist()
+    assert merged["tuco"].tolist() == expected["tuco"].tolist()
+    assert np.array_equal(np.stack(merged["beta"]), np.stack(expected["beta"]))
+    assert run.tuco_stats(str(adapters[1]))["mean"] == pytest.approx(expected["tuco"][len(PROMPTS):2 * len(PROMPTS)]
+                                                                      .mean())
+    layout = Layout(out)
+    layout.shard(1).unlink()
+    again = score_dataset(pair, PROMPTS, out, chat=False, layers=True, batch_tokens=64, shard_tokens=64)
+    assert again.scored == [1] and again.read()["tuco"].tolist() == expected["tuco"].tolist()
+    with pytest.raises(PlanMismatch, match="other finetuned/fine_tunes"):
+        score_dataset(tk.load_pair(pt_dir, adapters[:2]), PROMPTS, out, chat=False, layers=True, batch_tokens=64,
+                      shard_tokens=64)
+    single = tmp_path / "single"
+    score_dataset(tk.load_pair(pt_dir, adapters[0]), PROMPTS, single, chat=False, layers=True, batch_tokens=64,
+                  shard_tokens=64)
+    layout.shard(0).write_bytes(Layout(single).shard(0).read_bytes())   # a one-fine-tune run's shard 0
+    score_dataset(pair, PROMPTS, out, chat=False, layers=True, batch_tokens=64, shard_tokens=64)
+    err = capsys.readouterr().err
+    assert "shard 0" in err and "from another run" in err
+    assert layout.shard(0).with_name(layout.shard(0).name + ".rejected").exists()

@@ -3,8 +3,8 @@ what offload="cpu" then really holds."""
 
 import tuco_kernels as tk
 from tests.fixtures.pairs import make_pair_models
-from tuco_kernels.models import load
-from tuco_kernels.models.load import choose_offload
+from tuco_kernels.models import loaders as load
+from tuco_kernels.models.loaders import choose_offload
 
 
 def test_choose_offload(monkeypatch, tokenizer):

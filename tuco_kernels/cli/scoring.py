@@ -28,10 +28,6 @@ def cmd_score(args) -> int:
     if args.max_gpu_memory and device.type != "cuda":
         raise OptionError(f"--max-gpu-memory {args.max_gpu_memory} is a budget for a CUDA device, but the device is "
                           f"{device}")
-    if sharded and isinstance(args.finetuned, list):
-        raise OptionError(f"--out {args.out} (a directory: sharded, resumable) scores one --finetuned, got "
-                          f"{len(args.finetuned)}; write several fine-tunes to one file (--out scores.parquet), or "
-                          f"run once per fine-tune into its own directory")
     if sharded:  # --out DIR/: sharded and resumable, torchrun-aware
         return cmd_score_dataset(args, lambda a: (load(a), prompts))
     check_file_out_args(args)

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..dataset import (DEFAULT_SHARD_TOKENS, DEFAULT_TIMEOUT_S, EXTRA_FORMATS, Layout, RankLost, RunAborted,
                        ShardsFailed, check_plan, connect, device_for_rank, dist_env, score_dataset, sources_identity)
 from ..errors import TucoError
-from ..models.load import choose_offload
+from ..models.loaders import choose_offload
 from ..models.sources import parse_dtype
 from ..prompts.output import OUTPUT_SUFFIXES
 from ..result import run_metadata
@@ -80,7 +80,9 @@ def _offload_for_ranks(args, env) -> None:
     stream from the files instead (offload="disk": the page cache holds one copy for all ranks)."""
     if env.local_world_size <= 1 or args.pretrained is None or args.offload or not args.max_gpu_memory:
         return
-    mode = choose_offload(args.pretrained, args.finetuned, args.max_gpu_memory, args.device, parse_dtype(args.dtype))
+    several = isinstance(args.finetuned, list)   # a pair set streams only LoRA adapters on one base: as one of them
+    mode = choose_offload(args.pretrained, args.finetuned[0] if several else args.finetuned, args.max_gpu_memory,
+                          args.device, parse_dtype(args.dtype), shared=several)
     if mode == "cpu":
         args.offload = "disk"
         if env.rank == 0:
@@ -155,7 +157,9 @@ def cmd_score_dataset(args, load) -> int:
         print_dataset_summary(run)
         flagged = run.flagged()
         if flagged:
-            print(f"tuco: warning: {flagged} of {run.n_prompts} prompts have no usable TuCo (status column)",
+            n = run.n_prompts * len(run.fine_tunes or [None])
+            print(f"tuco: warning: {flagged} of {n} {'rows' if run.fine_tunes else 'prompts'} have no usable TuCo "
+                  f"(status column)",
                   file=sys.stderr)
             return EXIT_FLAGGED
     return EXIT_OK
@@ -172,7 +176,14 @@ def print_dataset_summary(run) -> None:
             ("this run", f"{run.shards_this_run} shards over {run.world_size} process"
                          f"{'es' if run.world_size > 1 else ''}{here}, {run.seconds:.1f} s, "
                          f"{run.tokens_per_s:,.0f} tokens/s")]
-    if stats["n"]:
+    if run.fine_tunes:   # a pair set: each fine-tune's own numbers
+        rows[0] = ("prompts", rows[0][1].replace(" in ", f" × {len(run.fine_tunes)} fine-tunes in ", 1))
+        for name in run.fine_tunes:
+            t = run.tuco_stats(name)
+            if t["n"]:
+                rows.append((f"TuCo mean ± sd, min / max [{name}]",
+                             f"{t['mean']:.4f} ± {t['sd']:.4f}, {t['min']:.4f} / {t['max']:.4f}"))
+    elif stats["n"]:
         rows += [("TuCo mean ± sd", f"{stats['mean']:.4f} ± {stats['sd']:.4f}"),
                  ("TuCo min / max", f"{stats['min']:.4f} / {stats['max']:.4f}")]
     rows.append(("written to", f"{run.out_dir}{os.sep}: " + ", ".join(p.name for p in run.files)))

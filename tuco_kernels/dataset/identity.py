@@ -152,8 +152,13 @@ def source_identity(source, gguf: str | None = None, *, base: dict | None = None
 
 
 def sources_identity(pretrained, finetuned, gguf=(None, None)) -> dict:
-    """``{"pretrained": ..., "finetuned": ...}`` from what load_pair is (or was) given."""
+    """``{"pretrained": ..., "finetuned": ...}`` from what load_pair is (or was) given (several fine-tunes, a list:
+    each one's identity, in order, under one digest)."""
     pt = source_identity(pretrained, gguf[0])
+    if isinstance(finetuned, (list, tuple)):
+        sides = [source_identity(f, gguf[1], base=pt) for f in finetuned]
+        return {"pretrained": pt, "finetuned": {"kind": "set", "sides": sides,
+                                                "sha256": _sha("+".join(s["sha256"] for s in sides).encode())}}
     return {"pretrained": pt, "finetuned": source_identity(finetuned, gguf[1], base=pt)}
 
 

@@ -25,18 +25,19 @@ MERGE_CHUNK = 50_000
 
 
 def merge_shards(layout: Layout, n_shards: int, n_rows: int, formats=(), *, plan_shards=None, ids=None,
-                 fingerprint_sha: str | None = None, metadata: dict | None = None) -> Path:
+                 fingerprint_sha: str | None = None, metadata: dict | None = None, n_sides: int = 1) -> Path:
     """Every shard's rows in input order into ``scores.parquet`` (+ ``scores.<fmt>`` for ``formats``). With the
     run's ``plan_shards``, prompt ``ids`` and ``fingerprint_sha``, each shard is first checked to be this run's
     (:func:`~tuco_kernels.dataset.verify.check_shard`); one that is not is set aside and named. ``metadata`` (the
-    run's) goes where a file run's goes: the Parquet file's ``tuco`` key and ``<file>.meta.json`` beside each file."""
+    run's) goes where a file run's goes: the Parquet file's ``tuco`` key and ``<file>.meta.json`` beside each file.
+    ``n_rows``: the prompts times ``n_sides``, the fine-tunes that scored each (a pair set's)."""
     tables = []
     for k in range(n_shards):
         path = layout.shard(k)
         if plan_shards is None:
             table = pq.read_table(path)
         else:
-            table, problem = check_shard(path, plan_shards[k], fingerprint_sha, ids)
+            table, problem = check_shard(path, plan_shards[k], fingerprint_sha, ids, n_sides)
             if problem is not None:
                 moved = set_aside(path) if os.path.lexists(path) else path
                 raise TucoError(f"shard {k} ({path}) changed after it was checked: {problem}. It is set aside "
@@ -49,7 +50,8 @@ def merge_shards(layout: Layout, n_shards: int, n_rows: int, formats=(), *, plan
     table = table.take(pc.sort_indices(table[ROW]))
     rows = table[ROW].to_numpy()
     if len(rows) != n_rows or not np.array_equal(rows, np.arange(n_rows)):
-        raise TucoError(f"{layout.shards}: the shards hold {len(rows)} rows for {n_rows} prompts "
+        what = "prompts" if n_sides == 1 else f"rows ({n_rows // n_sides} prompts × {n_sides} fine-tunes)"
+        raise TucoError(f"{layout.shards}: the shards hold {len(rows)} rows for {n_rows} {what} "
                         f"({len(np.unique(rows))} distinct); delete the directory to start over")
     table = table.drop_columns([ROW])
     if metadata is not None:

@@ -39,6 +39,12 @@ class DatasetPlan:
     n_prompts: int
     n_tokens: int
     info: dict = field(default_factory=dict)   # recorded in plan.json, never compared
+    n_sides: int = 1   # fine-tunes scored per prompt (a pair set's; each prompt gives one row per fine-tune)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the merged output: every prompt once per fine-tune, fine-tune by fine-tune."""
+        return self.n_prompts * self.n_sides
 
     @property
     def fingerprint_sha(self) -> str:
@@ -46,13 +52,14 @@ class DatasetPlan:
 
     def to_json(self) -> dict:
         return {"format": PLAN_FORMAT, "fingerprint": self.fingerprint, "fingerprint_sha256": self.fingerprint_sha,
-                "n_prompts": self.n_prompts, "n_tokens": self.n_tokens, "n_shards": len(self.shards),
+                "n_prompts": self.n_prompts, "n_sides": self.n_sides, "n_tokens": self.n_tokens,
+                "n_shards": len(self.shards),
                 "padded_tokens": sum(s.padded for s in self.shards), "info": self.info,
                 "shards": [s.summary() for s in self.shards]}
 
 
 #: the fingerprint's fields, in the order a mismatch is reported; each changes the numbers or the shards
-FINGERPRINT_FIELDS = ("pretrained", "finetuned", "lora", "dtype", "device", "backend", "attn_implementation", "alpha",
+FINGERPRINT_FIELDS = ("pretrained", "finetuned", "fine_tunes", "lora", "dtype", "device", "backend", "attn_implementation", "alpha",
                       "layers", "token_map", "output_co", "chat", "system_prompt", "chat_template", "batch_tokens",
                       "shard_tokens", "n_prompts", "inputs")
 
@@ -76,7 +83,8 @@ def make_plan(pair, records, tokens: TokenTable, *, alpha, chat, system_prompt, 
     fp = {
         "pretrained": identity["pretrained"]["sha256"],
         "finetuned": identity["finetuned"]["sha256"],
-        "lora": pair.lora["mode"] if getattr(pair, "lora", None) else None,   # shared and merged round apart
+        "fine_tunes": pair.side_names,   # a pair set's names, the finetuned column (None: one fine-tune)
+        "lora": lora_modes(pair),   # shared and merged round apart
         "dtype": str(pair.dtype).removeprefix("torch."),
         "device": device_name(pair.device),   # CPU: the thread count changes matmul rounding; GPU: the model
         "backend": resolve_backend(backend, pair.device.type),  # the per-layer norms' summation order
@@ -91,7 +99,16 @@ def make_plan(pair, records, tokens: TokenTable, *, alpha, chat, system_prompt, 
     info = {"models": identity, "tuco_kernels": __version__,
             "torch": torch.__version__, "created": now(), "micro_batches": len(groups),
             "sweep_tokens": sweep_plan.sweep_tokens}
-    return DatasetPlan(fp, sweep_plan, shards, len(records), int(lengths.sum()), info)
+    return DatasetPlan(fp, sweep_plan, shards, len(records), int(lengths.sum()), info, n_sides=len(pair.sides))
+
+
+def lora_modes(pair):
+    """"shared"/"merged" for a LoRA fine-tune, None for a whole model; a pair set's, one per fine-tune."""
+    def mode(lora):
+        return lora["mode"] if lora else None
+
+    lora = getattr(pair, "lora", None)
+    return [mode(m) for m in lora] if isinstance(lora, list) else mode(lora)
 
 
 def compare_fingerprints(old: dict, new: dict, where: str) -> None:

@@ -58,6 +58,7 @@ class DatasetRun:
     world_size: int = 1
     shards_this_run: int = 0   # shards scored by this run's ranks together
     formats: tuple = ()        # merged besides scores.parquet
+    fine_tunes: list | None = None   # a pair set's fine-tunes (each prompt one row per fine-tune), else None
 
     @property
     def complete(self) -> bool:
@@ -73,11 +74,13 @@ class DatasetRun:
         merged = [self.path, *(Path(self.out_dir) / f"scores.{fmt}" for fmt in self.formats)]
         return [p for f in merged for p in (f, f.with_name(f.name + ".meta.json")) if p.is_file()]
 
-    def tuco_stats(self) -> dict:
-        """TuCo over the merged rows whose status is ok: n, mean, sd (the sample's, as TuCoResult.summary), min,
-        max; n = 0 when none is."""
-        table = pq.read_table(self.path, columns=["tuco", "status"])
+    def tuco_stats(self, finetuned: str | None = None) -> dict:
+        """TuCo over the merged rows whose status is ok (of the fine-tune ``finetuned`` only, for a pair set's): n,
+        mean, sd (the sample's, as TuCoResult.summary), min, max; n = 0 when none is."""
+        table = pq.read_table(self.path, columns=["tuco", "status"] + (["finetuned"] if finetuned else []))
         ok = pc.equal(table.column("status"), "ok")
+        if finetuned is not None:
+            ok = pc.and_(ok, pc.equal(table.column("finetuned"), finetuned))
         values = np.asarray(pc.filter(table.column("tuco"), ok).to_numpy(zero_copy_only=False), dtype=np.float64)
         if not len(values):
             return {"n": 0}
@@ -217,7 +220,8 @@ def _prepare_directory(layout: Layout, plan: DatasetPlan, coord: Coordinator, id
         pending = []
         for s in plan.shards:
             path = layout.shard(s.k)
-            problem = shard_problem(path, s, plan.fingerprint_sha, ids) if os.path.lexists(path) else "missing"
+            problem = (shard_problem(path, s, plan.fingerprint_sha, ids, plan.n_sides) if os.path.lexists(path)
+                       else "missing")
             if problem is None:
                 continue
             pending.append(s.k)
@@ -314,7 +318,8 @@ def _run(pair, coord: Coordinator, layout: Layout, plan: DatasetPlan, state: dic
     seconds = time.perf_counter() - t0
     run = DatasetRun(layout.root, plan.n_prompts, len(plan.shards), len(plan.shards) - len(pending), scored,
                      final["failed"], seconds, scored_tokens / seconds if seconds > 0 else 0.0, coord.rank,
-                     coord.world_size, len(pending) - len(final["failed"]), tuple(formats))
+                     coord.world_size, len(pending) - len(final["failed"]), tuple(formats),
+                     pair.side_names)
     if final["failed"]:
         ks = final["failed"]
         raise ShardsFailed(f"{len(ks)} of {len(plan.shards)} shards failed ({', '.join(map(str, ks[:10]))}"
@@ -330,13 +335,13 @@ def _finish(layout: Layout, plan: DatasetPlan, formats, this_run: dict, ids: lis
     failed = [s.k for s in plan.shards if not layout.shard(s.k).is_file()]
     if failed:
         return {"failed": failed}
-    problem = merged_problem(layout, formats, plan.fingerprint_sha, plan.n_prompts)
+    problem = merged_problem(layout, formats, plan.fingerprint_sha, plan.n_rows)
     if problem is not None:
         if problem:
             _say(f"{problem}; merging the shards again")
         t0 = time.perf_counter()
-        merge_shards(layout, len(plan.shards), plan.n_prompts, formats, plan_shards=plan.shards, ids=ids,
-                     fingerprint_sha=plan.fingerprint_sha, metadata=metadata)
+        merge_shards(layout, len(plan.shards), plan.n_rows, formats, plan_shards=plan.shards, ids=ids,
+                     fingerprint_sha=plan.fingerprint_sha, metadata=metadata, n_sides=plan.n_sides)
         write_json(layout.success, {"finished": now(), "n_prompts": plan.n_prompts, "n_shards": len(plan.shards),
                                      "fingerprint_sha256": plan.fingerprint_sha, "formats": ["parquet", *formats],
                                      "sizes": output_sizes(layout, formats),

@@ -48,9 +48,9 @@ def read_shard(path: Path):
     return table, meta
 
 
-def check_shard(path: Path, shard: Shard, fingerprint_sha: str, ids: list):
-    """(the shard's table, None) when ``path`` is this run's shard ``shard.k``, else (None, why not, in words:
-    "missing" when absent)."""
+def check_shard(path: Path, shard: Shard, fingerprint_sha: str, ids: list, n_sides: int = 1):
+    """(the shard's table, None) when ``path`` is this run's shard ``shard.k`` (``ids``: every prompt's; ``n_sides``:
+    the fine-tunes each prompt is scored by), else (None, why not, in words: "missing" when absent)."""
     try:
         table, meta = read_shard(path)
     except ValueError as exc:
@@ -63,18 +63,19 @@ def check_shard(path: Path, shard: Shard, fingerprint_sha: str, ids: list):
     if ROW not in table.column_names or "id" not in table.column_names:
         return None, "damaged: no row positions or ids"
     rows = table.column(ROW).to_pylist()
-    planned = [i for g in shard.batches for i in g]
+    prompts = [i for g in shard.batches for i in g]
+    planned = [side * len(ids) + i for side in range(n_sides) for i in prompts]
     if rows != planned:
-        return None, (f"holds other rows than the plan gives shard {shard.k} ({len(rows)} rows for {len(planned)} "
-                      f"prompts)")
-    if table.column("id").to_pylist() != [ids[i] for i in planned]:
+        return None, (f"holds other rows than the plan gives shard {shard.k} ({len(rows)} rows for {len(prompts)} "
+                      f"prompts{f' × {n_sides} fine-tunes' if n_sides > 1 else ''})")
+    if table.column("id").to_pylist() != [ids[i] for _ in range(n_sides) for i in prompts]:
         return None, "its prompt ids differ from this run's prompts"
     return table, None
 
 
-def shard_problem(path: Path, shard: Shard, fingerprint_sha: str, ids: list) -> str | None:
+def shard_problem(path: Path, shard: Shard, fingerprint_sha: str, ids: list, n_sides: int = 1) -> str | None:
     """None when ``path`` is this run's shard ``shard.k``, else why not (see :func:`check_shard`)."""
-    return check_shard(path, shard, fingerprint_sha, ids)[1]
+    return check_shard(path, shard, fingerprint_sha, ids, n_sides)[1]
 
 
 def set_aside(path: Path) -> Path:

@@ -23,7 +23,7 @@ from . import hub
 from ..core.budget import host_memory_available, parse_size
 from ..offload.streamed_pair import streamed_pair_set
 from .hf import tokenizers_for
-from .load import (OFFLOAD_MODES, load_resident, lora_choice, model_bytes, quiet_hf_progress, stage,
+from .loaders import (OFFLOAD_MODES, load_resident, lora_choice, model_bytes, quiet_hf_progress, stage,
                    tensor_source)
 from .shared import streamed_finetuned
 from .sources import is_adapter_dir, parse_device, parse_dtype, read_adapter_config, resolve_source
@@ -94,7 +94,7 @@ def load_pair_set(pretrained, finetuned: list, *, tokenizer=None, dtype=None, de
 
 
 def choose_set_offload(pretrained, sources, names, shared, max_gpu_memory, dtype, g_pt, g_ft) -> str:
-    """:func:`~tuco_kernels.models.load.choose_offload` for a set: resident when the base and every side's own
+    """:func:`~tuco_kernels.models.loaders.choose_offload` for a set: resident when the base and every side's own
     weights fit with a quarter of the budget left, else streamed (shared adapters only; else refused by name)."""
     budget = parse_size(max_gpu_memory)
     if budget is None:
