@@ -39,7 +39,9 @@ def score(pair, prompts, *, alpha=1.0, chat: bool | None = None, system_prompt: 
     """TuCo of each prompt's last token under the pair's decomposition (paper Def. 4.3).
 
     Args:
-        pair: a :class:`~tuco_kernels.core.pair.ModelPair` from :func:`load_pair`.
+        pair: a :class:`~tuco_kernels.core.pair.ModelPair` from :func:`load_pair`; a
+            :class:`~tuco_kernels.core.pair_set.PairSet` (``load_pair(base, [a, b])``) scores every prompt with each
+            fine-tune in the same sweeps, its rows fine-tune by fine-tune (``result.finetuned``).
         prompts: a string, a chat, or a list of strings, chats (lists of messages) or mappings with
             ``prompt`` / ``messages`` / ``input_ids`` (and optional ``id``).
         alpha: FTC scaling (a scalar or one value per layer); 1.0 is the fine-tuned model itself.

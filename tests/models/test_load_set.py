@@ -182,3 +182,15 @@ def test_a_sharded_run_of_a_set_is_the_file_run_and_resumes(tmp_path, tokenizer,
     err = capsys.readouterr().err
     assert "shard 0" in err and "from another run" in err
     assert layout.shard(0).with_name(layout.shard(0).name + ".rejected").exists()
+
+
+def test_a_sets_memory_plan_keeps_every_fine_tunes_stream(tmp_path, tokenizer):
+    """A sweep holds each fine-tune's stream of every prompt: the per-token state of the plan is the pair's times
+    the fine-tunes (the weights counted once)."""
+    from tuco_kernels.core.budget import plan_for
+
+    pt_dir, adapters = _adapters(tmp_path, tokenizer, ["plain", "dora", "rslora"])
+    one, three = tk.load_pair(pt_dir, adapters[0]), tk.load_pair(pt_dir, adapters)
+    plans = [plan_for(p, [40] * 8, batch_tokens=64, budget=2**24, own_pt=False, token_map=False) for p in (one, three)]
+    assert plans[1].fp.state == pytest.approx(3 * plans[0].fp.state) and plans[1].fp.work == plans[0].fp.work
+    assert three.device_bytes() < 2 * one.device_bytes()   # the base once, three adapters

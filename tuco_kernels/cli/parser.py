@@ -41,6 +41,7 @@ EXAMPLES = {
   tuco score --pretrained meta-llama/Llama-2-7b-hf --finetuned meta-llama/Llama-2-7b-chat-hf \\
              --template llama2 --prompts prompts.jsonl --out scores.parquet --dtype bfloat16 --layers
   tuco score --pretrained BASE --finetuned CHAT --prompts p.jsonl --out s.parquet --offload disk --max-gpu-memory 8GiB
+  tuco score --pretrained BASE --finetuned LORA_A --finetuned LORA_B --prompts p.jsonl --out s.parquet   # a finetuned column
 
 exit status: 0 clean; 2 a mistake named on one line; 3 finished, but rows are flagged (see the status column);
 1 an internal error (a bug); 130 interrupted.""",

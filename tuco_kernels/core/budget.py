@@ -170,6 +170,8 @@ def plan_for(pair, lengths: list[int], *, batch_tokens: int, budget: int | None,
     config = pair.finetuned.config
     fp = footprint(config, pair.dtype, longest, attn_implementation=getattr(config, "_attn_implementation", "sdpa"),
                    own_pt=own_pt, token_map=token_map)
+    sides = len(pair.sides)   # a pair set keeps each fine-tune's stream of every prompt for the whole sweep
+    fp = Footprint(state=fp.state * sides, work=fp.work)
     return plan_batches(budget=budget, fixed=pair.device_bytes(own_pt=own_pt), fp=fp, batch_tokens=batch_tokens,
                         longest=longest)
 
