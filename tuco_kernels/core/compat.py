@@ -61,9 +61,11 @@ def check_compatible(pt, ft, pt_tokenizer=None, ft_tokenizer=None) -> Family:
     return family
 
 
-def prove_pair(pt, ft, family: Family | None = None) -> Family:
-    """The chain probe (chain.py) on both resident models; the fine-tuned model's proven family."""
+def prove_pair(pt, ft, family: Family | None = None, *, pt_pads_invariant: bool | None = None) -> Family:
+    """The chain probe (chain.py) on both resident models; the fine-tuned model's proven family.
+    ``pt_pads_invariant``: the pre-trained model's own probe result when it was already proven (a pair set's base,
+    the same model object for every fine-tune), so that only the fine-tuned model is probed."""
     family = family or find_family(ft)
     proven = prove_chain(ft, family).family
-    pt_invariant = prove_chain(pt, family).family.pads_invariant
+    pt_invariant = prove_chain(pt, family).family.pads_invariant if pt_pads_invariant is None else pt_pads_invariant
     return proven.with_probe(pads_invariant=proven.pads_invariant and pt_invariant)

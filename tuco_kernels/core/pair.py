@@ -117,6 +117,9 @@ class ResidentPair(ModelPair):
 
     #: a shared LoRA pair's :class:`~tuco_kernels.core.reuse.ProjectionReuse` (None: each block computes all)
     reuse: ProjectionReuse | None = None
+    #: the pre-trained model's own chain probe: whether its scores do not depend on the batch (load_pair sets it;
+    #: a pair set's later sides reuse it instead of probing the same base again)
+    pt_pads_invariant: bool | None = None
 
     def layers(self, profile=None) -> Iterator[LayerRunners]:
         blocks = zip(self.family.layers(self.pretrained), self.family.layers(self.finetuned))

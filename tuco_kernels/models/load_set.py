@@ -116,12 +116,13 @@ def _resident_sides(pretrained, sources, names, shared, *, tokenizer, dtype, dev
                     attn_implementation) -> list:
     """One ResidentPair per fine-tune, all on the pre-trained model the first one loaded (its dtype and device)."""
     pairs = []
-    base = pretrained
+    base, base_invariant = pretrained, None
     for k, (source, name) in enumerate(zip(sources, names)):
         with stage(f"fine-tune {k + 1} of {len(sources)}: {name}"):
             pair = load_resident(base, source, tokenizer=tokenizer, dtype=dtype, device=device, g_pt=g_pt,
                                  g_ft=g_ft, allow_pickle=allow_pickle, attn_implementation=attn_implementation,
-                                 shared=shared[k])
+                                 shared=shared[k], pt_pads_invariant=base_invariant)
+            base_invariant = pair.pt_pads_invariant   # the base is proven once, on the first side
         if k == 0:
             base, dtype, device = pair.pretrained, pair.dtype, pair.device
             tokenizer = pair.tokenizer   # one tokenizer renders the prompts for every side (checked before)

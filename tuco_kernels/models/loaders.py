@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.chain import prove_chain
 from ..core.compat import check_compatible, check_configs, prove_pair
 from ..core.pair import ModelPair, ResidentPair
 from ..core.reuse import ProjectionReuse
@@ -70,7 +71,7 @@ def quiet_hf_progress():
 
 
 def load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft, allow_pickle,
-                  attn_implementation, shared: bool = False) -> ResidentPair:
+                  attn_implementation, shared: bool = False, pt_pads_invariant: bool | None = None) -> ResidentPair:
     load = dict(dtype=dtype, allow_pickle=allow_pickle, attn_implementation=attn_implementation)
     if not isinstance(pretrained, torch.nn.Module) and not isinstance(finetuned, torch.nn.Module) \
             and not is_adapter_dir(finetuned):
@@ -105,8 +106,11 @@ def load_resident(pretrained, finetuned, *, tokenizer, dtype, device, g_pt, g_ft
             log.info("casting the pre-trained model to %s to match the fine-tuned one", target)
         pt, ft = prepare_model(pt, target, device), prepare_model(ft, target, device)
     with stage("proving the decoder chain on a probe (docs/math.md §1)"):
-        family = prove_pair(pt, ft, family)
+        if pt_pads_invariant is None:   # the pre-trained model's own probe (a pair set's base: once for all sides)
+            pt_pads_invariant = prove_chain(pt, family).family.pads_invariant
+        family = prove_pair(pt, ft, family, pt_pads_invariant=pt_pads_invariant)
     pair = ResidentPair(pt, ft, ft_tok, family)
+    pair.pt_pads_invariant = pt_pads_invariant
     if shared:   # the projections both blocks compute alike, once (core/reuse.py)
         pair.reuse = ProjectionReuse()
     return pair
