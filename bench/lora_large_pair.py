@@ -18,8 +18,10 @@ from pathlib import Path
 
 def main(tokenizer_dir: Path, out: Path) -> None:
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from lora_smollm2_pair import save_random_lora
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
@@ -30,13 +32,7 @@ def main(tokenizer_dir: Path, out: Path) -> None:
     model = LlamaForCausalLM(config).float().eval()
     model.save_pretrained(out / "base")
     tokenizer.save_pretrained(out / "base")
-    lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, p in lora.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    lora.save_pretrained(out / "adapter")
+    save_random_lora(model, out / "adapter")   # the same adapter recipe as the SmolLM2 pair's
     print(f"{out / 'base'}: {sum(p.numel() for p in model.parameters()):,} parameters; {out / 'adapter'}")
 
 

