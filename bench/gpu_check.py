@@ -88,11 +88,11 @@ def stream_sizing(seconds_left: float, dry: bool) -> tuple[list[str], str]:
     budget and fewer disk layers (the targets are ratios and hold at any size)."""
     if dry:
         return ["--small", "--device", "cpu"], "dry run: the small shape"
-    tiers = [(300, 512, "8GiB,24GiB", 8, 4), (200, 256, "8GiB", 4, 2), (0, 128, "8GiB", 2, 2)]
-    for floor, prompts, budgets, disk_layers, baseline in tiers:
+    tiers = [(300, 512, "8GiB,24GiB", 8, 4, 64), (200, 256, "8GiB", 4, 2, 32), (0, 128, "8GiB", 2, 2, 16)]
+    for floor, prompts, budgets, disk_layers, baseline, lora_prompts in tiers:
         if seconds_left >= floor:
             args = ["--prompts", str(prompts), "--budgets", budgets, "--disk-layers", str(disk_layers),
-                    "--baseline-prompts", str(baseline)]
+                    "--baseline-prompts", str(baseline), "--lora-prompts", str(lora_prompts)]
             full = "the full protocol" if floor == tiers[0][0] else "reduced from 512 prompts, 8GiB,24GiB, 8 disk layers"
             return args, f"{seconds_left:.0f} s left: {prompts} prompts, budgets {budgets}, {disk_layers} disk layers ({full})"
     raise AssertionError("unreachable")

@@ -11,6 +11,9 @@ reads hold the same values and their TuCo is compared too. In order, each printe
                                         set_per_process_memory_fraction
     prompt-by-prompt baseline           the same streamed pair with prefetch off, AirLLM-style: each prompt
                                         streams every layer, the copy on the compute stream (--baseline-prompts)
+    LoRA (issue 23)                     the base streamed (offload="cpu") with a random r = 8 PEFT LoRA
+                                        adapter unmerged around each layer, then --lora-adapters of them in one
+                                        sweep per layer, on --lora-prompts prompts, at the first budget
     disk                                an --disk-layers pair of the same width written to local safetensors,
                                         evicted from the page cache, streamed with offload="disk"
 
@@ -111,6 +114,78 @@ def write_checkpoint(directory: Path, config, dtype, seed: int, device: str) -> 
     return total
 
 
+def write_lora(directory: Path, config, seed: int, rank: int = 8) -> Path:
+    """A PEFT LoRA adapter of the config's model (r = ``rank`` on every attention and MLP projection of every layer;
+    A and B random, so that it changes the output), written as PEFT writes one: its LoraConfig's own
+    adapter_config.json and the tensors under PEFT's names in adapter_model.safetensors. No base model is built."""
+    from peft import LoraConfig
+
+    targets = {"self_attn.q_proj": (config.hidden_size, config.num_attention_heads * config.head_dim),
+               "self_attn.k_proj": (config.hidden_size, config.num_key_value_heads * config.head_dim),
+               "self_attn.v_proj": (config.hidden_size, config.num_key_value_heads * config.head_dim),
+               "self_attn.o_proj": (config.num_attention_heads * config.head_dim, config.hidden_size),
+               "mlp.gate_proj": (config.hidden_size, config.intermediate_size),
+               "mlp.up_proj": (config.hidden_size, config.intermediate_size),
+               "mlp.down_proj": (config.intermediate_size, config.hidden_size)}
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for l in range(config.num_hidden_layers):
+        for module, (d_in, d_out) in targets.items():
+            key = f"base_model.model.model.layers.{l}.{module}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, d_in, generator=g) / d_in ** 0.5
+            tensors[f"{key}.lora_B.weight"] = torch.randn(d_out, rank, generator=g) * 0.02
+    directory.mkdir(parents=True, exist_ok=True)
+    LoraConfig(r=rank, lora_alpha=2 * rank, task_type="CAUSAL_LM",
+               target_modules=sorted({m.split(".")[-1] for m in targets})).save_pretrained(directory)
+    save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+def lora_rows(args, config, dtype, base_source, prompts, record, *, budget, full) -> None:
+    """Issue 23's rows: the base streamed once with one LoRA adapter unmerged around each layer (a shared pair), and
+    with ``--lora-adapters`` adapters in one sweep per layer (a pair set), on ``--lora-prompts`` prompts."""
+    from tuco_kernels.core.pair_set import PairSet
+    from tuco_kernels.models.shared import streamed_finetuned
+    from tuco_kernels.offload.streamed_pair import streamed_pair_set
+
+    root = Path(tempfile.mkdtemp(prefix="tuco-lora-bench-"))
+    try:
+        adapters = [write_lora(root / f"lora{k}", config, seed=k) for k in range(args.lora_adapters)]
+        some = prompts[: args.lora_prompts]
+        n_tokens = len(some) * args.tokens
+        for n in sorted({1, args.lora_adapters}):
+            builders = [(lambda frame, d=d: streamed_finetuned(frame, d, False, args.device)) for d in adapters[:n]]
+            t0 = time.perf_counter()
+            pair = streamed_pair_set(base_source, config, builders, [d.name for d in adapters[:n]], dtype=dtype,
+                                     device=args.device, offload="cpu")
+            assert isinstance(pair, PairSet), pair
+            loaded = time.perf_counter() - t0
+            limit = parse_size(budget) if budget else None
+            if limit is not None:
+                torch.cuda.empty_cache()
+                torch.cuda.set_per_process_memory_fraction(min(1.0, limit / torch.cuda.get_device_properties(
+                    torch.device(args.device)).total_memory))
+            try:
+                result, seconds = timed_score(pair, some, args.device, schedule="layer", profile=True,
+                                              max_gpu_memory=budget, batch_tokens=args.batch_tokens)
+            finally:
+                if limit is not None:
+                    torch.cuda.set_per_process_memory_fraction(1.0)
+            what = "1 LoRA adapter (shared, unmerged)" if n == 1 else f"{n} LoRA adapters in one sweep per layer"
+            extra = {"load_s": round(loaded, 2), "fine_tunes": n,
+                     "host_gib": round(pair.streamer.host_bytes / GiB, 3)}
+            if full is not None:   # the same base streamed with a full second model: (tokens × fine-tunes)/s
+                extra["vs_full_pair"] = round(n * n_tokens / seconds / full["tokens_per_s"], 3)
+            record(f"streamed base + {what}, layer-major, {budget or 'no budget'}", seconds, n * n_tokens, result,
+                   **extra)
+            if limit is not None:
+                assert result.meta["peak_gpu_memory"] <= limit, (result.meta["peak_gpu_memory"], limit)
+            pair.close()
+            del pair
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", action="store_true", help="tiny shape (checks the script; numbers meaningless)")
@@ -122,6 +197,9 @@ def parse_args(argv=None):
     ap.add_argument("--batch-tokens", type=int, default=8192)
     ap.add_argument("--disk-layers", type=int, default=8, help="layers of the disk-streamed pair (0: skip)")
     ap.add_argument("--disk-dir", help="where to write it (default: a temporary folder, removed afterwards)")
+    ap.add_argument("--lora-adapters", type=int, default=4, help="LoRA rows: the base with one adapter shared, and "
+                                                                 "this many in one sweep (0: skip)")
+    ap.add_argument("--lora-prompts", type=int, default=64, help="prompts of the LoRA rows")
     ap.add_argument("--no-resident", action="store_true")
     ap.add_argument("--no-csv", action="store_true")
     return ap.parse_args(argv)
@@ -248,6 +326,10 @@ def main():
         append_rows("stream_ratios", [{k: r.get(k, "") for k in (*prov, "setting", "tokens_per_s", "vs_baseline",
                                                                   "vs_resident", "h2d_vs_pinned")}
                                       for r in streamed_rows])
+
+    if args.lora_adapters:
+        lora_rows(args, config, dtype, sources[0], prompts, record, budget=budgets[0] if budgets else None,
+                  full=streamed_rows[0] if streamed_rows else None)
 
     if args.disk_layers:
         disk_config = llama_config("small" if args.small else "llama2-13b")

@@ -40,6 +40,11 @@ class PairSet(ModelPair):
     def sides(self) -> list[ModelPair]:
         return self.pairs
 
+    @property
+    def streamer(self):
+        """A streamed set's one :class:`~tuco_kernels.offload.streamer.LayerStreamer` (None when resident)."""
+        return getattr(self.pairs[0], "streamer", None)
+
     def side_layers(self, profile=None) -> Iterator[SideRunners]:
         yield from with_reuse(self.reuse, self._layer_source(profile))
 
@@ -58,7 +63,7 @@ class PairSet(ModelPair):
         """Each tensor once (the sides share the base), plus what streamed sides hold beyond their tensors."""
         models = [m for p in self.pairs for m in (p.pretrained, p.finetuned)]
         unique = {t.data_ptr(): t for m in models for t in m.parameters() if not t.is_meta}
-        streamer = getattr(self.pairs[0], "streamer", None)
+        streamer = self.streamer
         extra = streamer.device_bytes if streamer is not None else 0
         if own_pt and streamer is not None:
             extra += sum(t.numel() * t.element_size() for t in self.pairs[0].pretrained.parameters() if not t.is_meta)
