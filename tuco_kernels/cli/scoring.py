@@ -77,5 +77,6 @@ def print_summary(args, pair, result) -> None:
         if str(pair.dtype) == "torch.float16" and any("non-finite" in result.status[i] for i in result.flagged):
             hint = "; float16 overflows easily: try --dtype bfloat16 or float32"
         who = f" scored by {result.finetuned[first]}" if result.finetuned is not None else ""
-        print(f"tuco: warning: {s['flagged']} of {s['n']} rows have no usable TuCo (status column); the first, id "
+        unit = "rows" if result.finetuned is not None else "prompts"
+        print(f"tuco: warning: {s['flagged']} of {s['n']} {unit} have no usable TuCo (status column); the first, id "
               f"{result.ids[first]!r}{who}: {result.status[first]}{hint}", file=sys.stderr)
