@@ -138,7 +138,12 @@ def test_cli_scores_several_fine_tunes_into_one_file_and_the_report_groups_them(
     assert main(["report", str(out), "--out", str(report)]) == 0
     assert str(adapters[1]) in report.read_text()
 
-    for command in (["steer", "--max-new-tokens", "1"], ["eval", "--tasks", "x", "--out", str(tmp_path / "e.json")]):
+    import importlib.util
+
+    commands = [["steer", "--max-new-tokens", "1"]]
+    if importlib.util.find_spec("lm_eval") is not None:   # tuco eval names a missing lm-eval first (test-oldest)
+        commands.append(["eval", "--tasks", "x", "--out", str(tmp_path / "e.json")])
+    for command in commands:
         refused = [command[0], "--pretrained", str(pt_dir), "--finetuned", str(adapters[0]), "--finetuned",
                    str(adapters[1]), "--prompts", str(prompts), *command[1:]]
         if command[0] == "eval":
