@@ -89,6 +89,22 @@ def timed_score(pair, prompts, device, **kw):
     return result, time.perf_counter() - t0
 
 
+def streamed_under_budget(pair, prompts, args, budget):
+    """(result, seconds) of a layer-major profiled score under ``budget`` ("8GiB" or None), the process's device
+    memory capped at it while it runs (so a plan that overshoots fails instead of borrowing the rest of the GPU)."""
+    limit = parse_size(budget) if budget else None
+    if limit is not None:
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit / torch.cuda.get_device_properties(
+            torch.device(args.device)).total_memory))
+    try:
+        return timed_score(pair, prompts, args.device, schedule="layer", profile=True, max_gpu_memory=budget,
+                           batch_tokens=args.batch_tokens)
+    finally:
+        if limit is not None:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+
+
 def write_checkpoint(directory: Path, config, dtype, seed: int, device: str) -> int:
     """A random model as sharded safetensors (one shard per layer, as HF shards), flushed and evicted from the page
     cache so that reading it back measures the disk. Returns the bytes written."""
@@ -161,16 +177,7 @@ def lora_rows(args, config, dtype, base_source, prompts, record, *, budget, full
             assert isinstance(pair, PairSet), pair
             loaded = time.perf_counter() - t0
             limit = parse_size(budget) if budget else None
-            if limit is not None:
-                torch.cuda.empty_cache()
-                torch.cuda.set_per_process_memory_fraction(min(1.0, limit / torch.cuda.get_device_properties(
-                    torch.device(args.device)).total_memory))
-            try:
-                result, seconds = timed_score(pair, some, args.device, schedule="layer", profile=True,
-                                              max_gpu_memory=budget, batch_tokens=args.batch_tokens)
-            finally:
-                if limit is not None:
-                    torch.cuda.set_per_process_memory_fraction(1.0)
+            result, seconds = streamed_under_budget(pair, some, args, budget)
             what = "1 LoRA adapter (shared, unmerged)" if n == 1 else f"{n} LoRA adapters in one sweep per layer"
             extra = {"load_s": round(loaded, 2), "fine_tunes": n,
                      "host_gib": round(pair.streamer.host_bytes / GiB, 3)}
@@ -273,16 +280,7 @@ def main():
     streamed_rows = []
     for budget in budgets or [None]:
         limit = parse_size(budget) if budget else None
-        if limit is not None:
-            torch.cuda.empty_cache()
-            torch.cuda.set_per_process_memory_fraction(min(1.0, limit / torch.cuda.get_device_properties(
-                torch.device(args.device)).total_memory))
-        try:
-            result, seconds = timed_score(streamed, prompts, args.device, schedule="layer", profile=True,
-                                          max_gpu_memory=budget, batch_tokens=args.batch_tokens)
-        finally:
-            if limit is not None:
-                torch.cuda.set_per_process_memory_fraction(1.0)
+        result, seconds = streamed_under_budget(streamed, prompts, args, budget)
         extra = {"plan": result.meta["plan"]}
         if reference is not None:
             extra["max_tuco_diff_vs_resident"] = float(abs(result.tuco - reference.tuco).max())
